@@ -40,6 +40,17 @@ class Datastores:
         self.clients.append(client)
         return JetStreamDatastore(client, stream=stream, subject_prefix=prefix, **options)  # type: ignore[arg-type]
 
+    def new_client_on(self, datastore: JetStreamDatastore) -> JetStreamDatastore:
+        """Another connection to the same streams, as a second process would have."""
+        client = NatsClient(self.url, timeout=datastore.client.timeout)
+        self.clients.append(client)
+        return JetStreamDatastore(
+            client,
+            stream=datastore.stream,
+            subject_prefix=datastore.prefix,
+            originator_id_type=datastore.originator_id_type,
+        )
+
     def close(self) -> None:
         for client in self.clients:
             client.close()

@@ -28,7 +28,13 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+)
 from nats.errors import TimeoutError as NatsTimeoutError
 
 T = TypeVar("T")
@@ -45,6 +51,10 @@ BATCH_DUPLICATE_MSG_ID = 10201
 
 class NatsUnavailableError(ConnectionError):
     """Raised when the NATS server cannot be reached or does not answer in time."""
+
+
+class NotSentError(NatsUnavailableError):
+    """Raised when a message could not be handed to the server (disconnected): nothing was stored."""
 
 
 class OutcomeUnknownError(NatsUnavailableError):
@@ -74,6 +84,13 @@ class _PubAck(msgspec.Struct):
     error: _ApiError | None = None
 
 
+_NOT_CONNECTED = (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
+)
+
 _decode_ack = msgspec.json.Decoder(_PubAck).decode
 _encode = msgspec.json.encode
 
@@ -100,6 +117,17 @@ class _Append:
     messages: list[OutgoingMessage]
     subjects: frozenset[str]
     future: concurrent.futures.Future[list[int]] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class CommitStats:
+    """What the writer has done: atomic commits sent, saves and messages committed, failed
+    gathered batches split to isolate a conflicting save."""
+
+    batches: int = 0
+    saves: int = 0
+    messages: int = 0
+    splits: int = 0
 
 
 class _MultiReply:
@@ -141,10 +169,11 @@ class NatsClient:
         self._replies: dict[str, _MultiReply] = {}
         self._reply_tokens = itertools.count()
         self._closed = False
+        self.stats = CommitStats()
         try:
             self.nc: NATS = self.run(
                 self._connect(url, connect_timeout, name, connect_options),
-                timeout=connect_timeout * 3 + 1,
+                timeout=connect_timeout * 2 + 5,
             )
         except BaseException:
             self._stop_loop()
@@ -157,17 +186,25 @@ class NatsClient:
             """nats-py logs and retries by itself; failures reach callers as timeouts."""
 
         options.setdefault("max_reconnect_attempts", -1)
+        # No buffering while reconnecting: a publish then fails at once, so an append is either
+        # sent now or known not to be, instead of committing later behind the caller's back.
+        options.setdefault("pending_size", 0)
         options.setdefault("reconnect_time_wait", 0.25)
         options.setdefault("error_cb", quiet)
+        connecting = nats.connect(
+            [u.strip() for u in url.split(",")],
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            **options,
+        )
         try:
-            nc = await nats.connect(
-                [u.strip() for u in url.split(",")],
-                name=name,
-                connect_timeout=connect_timeout,
-                allow_reconnect=True,
-                # Fail the first connect instead of retrying forever: a wrong URL must be told.
-                **options,
-            )
+            # nats-py retries a first connection as long as reconnects; a wrong URL must be told.
+            nc = await asyncio.wait_for(connecting, connect_timeout * 2)
+        except asyncio.TimeoutError as e:
+            raise NatsUnavailableError(
+                f"cannot connect to NATS at {url}: no server answered within {connect_timeout * 2:g}s"
+            ) from e
         except Exception as e:
             raise NatsUnavailableError(f"cannot connect to NATS at {url}: {e!r}") from e
         self._inbox_prefix = nc.new_inbox()
@@ -212,9 +249,17 @@ class NatsClient:
 
     # ---- requests ---------------------------------------------------------------------------
 
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None, reply: str = "") -> None:
+        try:
+            await self.nc.publish(subject, payload, reply=reply, headers=headers)
+        except _NOT_CONNECTED as e:
+            raise NotSentError(f"not connected to NATS at {self.url}: {e!r}") from e
+
     async def request(self, subject: str, payload: bytes = b"", headers: dict[str, str] | None = None) -> Msg:
         try:
             return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
+        except _NOT_CONNECTED as e:
+            raise NotSentError(f"not connected to NATS at {self.url}: {e!r}") from e
         except NoRespondersError as e:
             raise NatsUnavailableError(f"no responders on {subject} (is JetStream enabled?)") from e
         except NatsTimeoutError as e:
@@ -249,7 +294,7 @@ class NatsClient:
         waiter = _MultiReply(single=not batch)
         self._replies[token] = waiter
         try:
-            await self.nc.publish(
+            await self.publish(
                 f"$JS.API.DIRECT.GET.{stream}", _encode(request), reply=f"{self._inbox_prefix}.{token}"
             )
             try:
@@ -343,11 +388,15 @@ class NatsClient:
         try:
             ack = await self._publish_atomically(messages)
         except NatsUnavailableError as e:
-            unknown = OutcomeUnknownError(str(e))
+            # Not sent at all: nothing stored. Sent but unanswered: it may have been committed.
+            failure = e if isinstance(e, NotSentError) else OutcomeUnknownError(str(e))
             for append in group:
-                append.future.set_exception(unknown)
+                append.future.set_exception(failure)
             return
+        self.stats.batches += 1
         if ack.error is None:
+            self.stats.messages += len(messages)
+            self.stats.saves += len(group)
             first = ack.seq - len(messages) + 1
             for append in group:
                 count = len(append.messages)
@@ -357,12 +406,12 @@ class NatsClient:
             group[0].future.set_exception(AppendRejectedError(ack.error.err_code, ack.error.description))
         else:
             # One save's check failed the whole batch: commit the halves so that it fails alone.
+            self.stats.splits += 1
             middle = len(group) // 2
             await self._commit(group[:middle])
             await self._commit(group[middle:])
 
     async def _publish_atomically(self, messages: list[OutgoingMessage]) -> _PubAck:
-        nc = self.nc
         if len(messages) == 1:
             m = messages[0]
             reply = await self.request(m.subject, m.data, m.headers)
@@ -371,7 +420,7 @@ class NatsClient:
             last = len(messages) - 1
             for i, m in enumerate(messages[:last], start=1):
                 headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
-                await nc.publish(m.subject, m.data, headers=headers)
+                await self.publish(m.subject, m.data, headers)
             m = messages[last]
             headers = {
                 **m.headers,

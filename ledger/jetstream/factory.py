@@ -34,7 +34,7 @@ from ledger.jetstream.recorders import (
     JetStreamProcessRecorder,
     JetStreamTrackingRecorder,
 )
-from ledger.jetstream.transcoder import MsgspecTranscoder
+from ledger.jetstream.transcoder import MsgspecTranscoder, register_default_transcodings
 
 
 class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
@@ -93,7 +93,11 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
 
     def transcoder(self) -> Transcoder:
         topic = self.env.get(self.TRANSCODER_TOPIC)
-        return resolve_topic(topic)() if topic else MsgspecTranscoder()
+        if topic:
+            return resolve_topic(topic)()
+        transcoder = MsgspecTranscoder()
+        register_default_transcodings(transcoder)
+        return transcoder
 
     def aggregate_recorder(self, purpose: str = "events") -> JetStreamAggregateRecorder:
         recorder = JetStreamAggregateRecorder(self.datastore, purpose)
