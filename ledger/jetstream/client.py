@@ -242,6 +242,10 @@ class NatsClient:
             append.future.set_exception(NatsUnavailableError("the NATS client was closed"))
         self._pending.clear()
         await self.nc.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
