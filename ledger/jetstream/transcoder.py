@@ -1,17 +1,12 @@
 """A msgspec-based transcoder, the default for the JetStream persistence module.
 
-Why: speed. The library's ``JSONTranscoder`` runs the stdlib ``json`` module with a Python
-callback for every custom object on the way out and for every JSON object on the way in;
-``MsgspecTranscoder`` lets msgspec do the (de)serialising and walks the data only once, cheaply,
-to apply the registered transcodings.
+Why: speed. The library's ``JSONTranscoder`` is built on the stdlib ``json`` module and calls
+back into Python for every custom object written and every JSON object read; here msgspec does
+the JSON work and one cheap walk over the data applies the registered transcodings.
 
-The wire format equals ``JSONTranscoder``'s (compact JSON, UTF-8 rather than ASCII escapes,
-custom types as ``{"_type_": name, "_data_": ...}``), so each can read what the other wrote
-for the types ``JSONTranscoder`` supports. Two differences, both things ``JSONTranscoder``
-cannot do: tuples are written as ``{"_type_": "tuple_as_list", ...}`` and read back as tuples
-(``JSONTranscoder`` writes them as plain lists, and reads ours once ``TupleAsList`` is
-registered with it), and subclasses of dict, list, str, int etc. go through the transcoding
-registered for their exact type instead of silently becoming the base type.
+The wire format equals ``JSONTranscoder``'s: compact JSON, UTF-8 rather than ASCII escapes, and
+custom types as ``{"_type_": name, "_data_": ...}``. Each reads what the other wrote, tuples
+aside (see ``MsgspecTranscoder``).
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
     JSONTranscoder,
-    Transcoder,
     Transcoding,
     TranscodingNotRegisteredError,
     UUIDAsHex,
@@ -68,24 +62,29 @@ class DateAsISO(Transcoding):
         return date.fromisoformat(data)
 
 
-class MsgspecTranscoder(Transcoder):
+class MsgspecTranscoder(JSONTranscoder):
     """Extensible JSON transcoder built on msgspec, wire-compatible with ``JSONTranscoder``.
 
+    It subclasses ``JSONTranscoder`` (reusing its registry) so that an ``Application`` registers
+    its transcodings with it exactly as with the library's own.
+
     Exact dicts, lists, strings, ints, floats, bools and None are written natively; every other
-    object, tuples included, through the transcoding registered for its exact type.
+    object goes through the transcoding registered for its exact type. Where ``JSONTranscoder``
+    differs, it is the one losing information:
+
+    - tuples are written as ``{"_type_": "tuple_as_list", ...}`` and read back as tuples
+      (``JSONTranscoder`` writes plain lists; register ``TupleAsList`` with it to read ours);
+    - subclasses of dict, list, str, int, float need a registered transcoding, rather than
+      silently being written as their base type;
+    - NaN and the infinities raise ``ValueError`` rather than being written as non-standard
+      ``NaN``/``Infinity`` tokens, which msgspec (and most JSON parsers) cannot read.
     """
 
     def __init__(self) -> None:
-        self.types: dict[type, Transcoding] = {}
-        self.names: dict[str, Transcoding] = {}
+        super().__init__()
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder()
         self.register(TupleAsList())
-
-    def register(self, transcoding: Transcoding) -> None:
-        """Registers given transcoding with the transcoder."""
-        self.types[transcoding.type] = transcoding
-        self.names[transcoding.name] = transcoding
 
     def encode(self, obj: Any) -> bytes:
         """Encodes given object as JSON bytes."""
@@ -101,14 +100,14 @@ class MsgspecTranscoder(Transcoder):
         return obj
 
 
-def register_default_transcodings(transcoder: MsgspecTranscoder | JSONTranscoder) -> None:
+def register_default_transcodings(transcoder: JSONTranscoder) -> None:
     """Registers the transcodings domain events need: UUID, Decimal, datetime and date."""
     for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), DateAsISO()):
         transcoder.register(transcoding)
 
 
 def _prepare(obj: Any, types: dict[type, Transcoding]) -> Any:
-    """Returns a copy of obj holding only plain JSON types, custom objects transcoded."""
+    """Returns obj as plain JSON types, custom objects transcoded; copies, never mutates."""
     cls = type(obj)
     if cls is dict:
         prepared = {}
@@ -134,7 +133,10 @@ def _prepare(obj: Any, types: dict[type, Transcoding]) -> Any:
             "Please define and register a custom transcoding for this type."
         )
         raise TranscodingNotRegisteredError(msg) from None
-    return {"_type_": transcoding.name, "_data_": _prepare(transcoding.encode(obj), types)}
+    data = transcoding.encode(obj)
+    if type(data) not in _PLAIN:
+        data = _prepare(data, types)
+    return {"_type_": transcoding.name, "_data_": data}
 
 
 def _prepare_key(key: Any) -> str:
