@@ -185,8 +185,10 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if gt else DeliverPolicy.ALL,
             opt_start_seq=gt + 1 if gt else None,
         )
+        # No filter subject: a wildcard filter makes the server walk every aggregate's subject
+        # on large streams. Tracking records are skipped here instead.
         return await js.subscribe(
-            f"{self._recorder.base}.>",
+            "",
             stream=self._recorder.stream,
             ordered_consumer=True,
             config=config,
