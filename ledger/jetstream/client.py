@@ -18,14 +18,14 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
+import re
 import threading
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import (
@@ -130,15 +130,167 @@ class CommitStats:
     splits: int = 0
 
 
+def stored_message(msg: Msg | DirectReply) -> StoredMessage:
+    """A direct-get reply as a stored message."""
+    headers = msg.headers
+    return StoredMessage(
+        subject=headers["Nats-Subject"], seq=int(headers["Nats-Sequence"]), data=msg.data, headers=headers
+    )
+
+
 class _MultiReply:
-    """Collects the replies to one direct-get request until its end-of-batch status."""
+    """Collects the replies to one direct-get request until its end-of-batch status, converting
+    each as it arrives (on the loop, while the rest are still on their way)."""
 
-    __slots__ = ("future", "messages", "single")
+    __slots__ = ("convert", "future", "items", "single")
 
-    def __init__(self, single: bool) -> None:
+    def __init__(self, single: bool, convert: Callable[[Msg], Any]) -> None:
         self.single = single
-        self.messages: list[Msg] = []
-        self.future: asyncio.Future[list[Msg]] = asyncio.get_running_loop().create_future()
+        self.convert = convert
+        self.items: list[Any] = []
+        self.future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+
+# A header line: a name of visible ASCII but ':' (so no whitespace), ':', the value up to the
+# line's end, surrounding blanks dropped. Lines that do not match are skipped, as nats-py does.
+_HEADER_LINE = re.compile(rb"^([!-9;-~]+):[ \t]*([^\r\n]*)", re.MULTILINE)
+_STATUS_LINE_START = len(b"NATS/1.0")
+_EMPTY_HEADERS = len(b"NATS/1.0\r\n\r\n")
+_NEEDLES: dict[str, bytes] = {}
+
+
+class RawHeaders(dict[str, str]):
+    """Message headers parsed only as far as they are read.
+
+    Reading the stream back is dominated by header parsing: every stored event carries about a
+    dozen headers (ours, the batch's and the direct-get metadata) and nats-py parses them all,
+    line by line, for every message. This mapping keeps the raw block; ``get``, ``[]`` and
+    ``in`` find one header in it directly, anything else parses the whole block once.
+    """
+
+    __slots__ = ("_raw", "_parsed")
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__()
+        self._raw = raw
+        self._parsed = False
+
+    def _find(self, key: str) -> str | None:
+        if self._parsed:
+            return dict.get(self, key)
+        raw = self._raw
+        needle = _NEEDLES.get(key)
+        if needle is None:
+            needle = _NEEDLES[key] = b"\n" + key.encode() + b":"
+        at = raw.rfind(needle)
+        if at < 0:
+            return None
+        start = at + len(needle)
+        end = raw.find(b"\r", start)
+        return raw[start:end].strip().decode("utf-8", "replace")
+
+    def _parse(self) -> None:
+        if not self._parsed:
+            self._parsed = True
+            self.update(_LedgerConnection._parse_header_lines(self._raw))
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        value = self._find(key)
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> str:
+        value = self._find(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._find(key) is not None
+
+    def __bool__(self) -> bool:
+        return True  # only made for a block with at least one header line
+
+    def __len__(self) -> int:
+        self._parse()
+        return dict.__len__(self)
+
+    def __iter__(self) -> Any:
+        self._parse()
+        return dict.__iter__(self)
+
+    def keys(self) -> Any:  # type: ignore[override]
+        self._parse()
+        return dict.keys(self)
+
+    def values(self) -> Any:  # type: ignore[override]
+        self._parse()
+        return dict.values(self)
+
+    def items(self) -> Any:  # type: ignore[override]
+        self._parse()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, str]:  # type: ignore[override]
+        self._parse()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._parse()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._parse()
+        return dict.__repr__(self)
+
+
+class DirectReply:
+    """One message of a direct-get reply: its headers (lazily parsed) and body."""
+
+    __slots__ = ("data", "headers")
+
+    def __init__(self, headers: RawHeaders, data: bytes) -> None:
+        self.headers = headers
+        self.data = data
+
+
+class _LedgerConnection(NATS):
+    """nats-py's client, tuned for reading the stream back.
+
+    - Headers are parsed lazily (``RawHeaders``); status messages (heartbeats, flow control) keep
+      nats-py's own handling.
+    - Direct-get replies skip nats-py's per-message machinery (message object, subscription
+      queue, callback task): the parser hands them straight to one handler.
+    """
+
+    _direct_sid: int | None = None
+    _direct_handler: Callable[[bytes, bytes, bytes | None], None]
+
+    def direct_replies(self, subscription: Any, handler: Callable[[bytes, bytes, bytes | None], None]) -> None:
+        """Route the messages of ``subscription`` to ``handler(subject, data, raw_headers)``."""
+        self._direct_handler = handler
+        self._direct_sid = subscription._id
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        if sid == self._direct_sid:
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            self._direct_handler(subject, data, headers)
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        if not headers or len(headers) <= _EMPTY_HEADERS or headers[_STATUS_LINE_START : _STATUS_LINE_START + 1] == b" ":
+            return await super()._process_headers(headers)
+        return RawHeaders(headers)
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        return {
+            name.decode(): value.strip().decode("utf-8", "replace")
+            for name, value in _HEADER_LINE.findall(raw)
+        }
 
 
 class NatsClient:
@@ -191,7 +343,8 @@ class NatsClient:
         options.setdefault("pending_size", 0)
         options.setdefault("reconnect_time_wait", 0.25)
         options.setdefault("error_cb", quiet)
-        connecting = nats.connect(
+        nc = _LedgerConnection()
+        connecting = nc.connect(
             [u.strip() for u in url.split(",")],
             name=name,
             connect_timeout=connect_timeout,
@@ -200,7 +353,7 @@ class NatsClient:
         )
         try:
             # nats-py retries a first connection as long as reconnects; a wrong URL must be told.
-            nc = await asyncio.wait_for(connecting, connect_timeout * 2)
+            await asyncio.wait_for(connecting, connect_timeout * 2)
         except asyncio.TimeoutError as e:
             raise NatsUnavailableError(
                 f"cannot connect to NATS at {url}: no server answered within {connect_timeout * 2:g}s"
@@ -208,22 +361,16 @@ class NatsClient:
         except Exception as e:
             raise NatsUnavailableError(f"cannot connect to NATS at {url}: {e!r}") from e
         self._inbox_prefix = nc.new_inbox()
-        await nc.subscribe(self._inbox_prefix + ".*", cb=self._on_reply)
+        self._inbox_prefix_bytes = self._inbox_prefix.encode() + b"."
+        replies = await nc.subscribe(self._inbox_prefix + ".*")
+        nc.direct_replies(replies, self._on_reply)
         self._wake = asyncio.Event()
         self._writer_task = asyncio.create_task(self._writer())
         return nc
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the private loop and wait for it (from any thread but the loop's)."""
-        if self._closed:
-            coro.close()
-            raise NatsUnavailableError("the NATS client is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(self.timeout * 2 + 1 if timeout is None else timeout)
-        except concurrent.futures.TimeoutError as e:
-            future.cancel()
-            raise NatsUnavailableError(f"NATS at {self.url} did not answer in time") from e
+        return self.result(self.start(coro), timeout)
 
     def close(self) -> None:
         if self._closed:
@@ -276,33 +423,44 @@ class NatsClient:
 
     # ---- direct get -------------------------------------------------------------------------
 
-    async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject[len(self._inbox_prefix) + 1 :]
+    def _on_reply(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        token = subject[len(self._inbox_prefix_bytes) :].decode()
         waiter = self._replies.get(token)
         if waiter is None or waiter.future.done():
             return
-        headers = msg.headers
-        if headers and "Status" in headers:
-            waiter.future.set_result(waiter.messages)
+        if not headers or headers[_STATUS_LINE_START : _STATUS_LINE_START + 1] == b" ":
+            # A status instead of a message: 204 end of batch, 404 nothing found, 408 ...
+            waiter.future.set_result(waiter.items)
             return
-        waiter.messages.append(msg)
+        try:
+            waiter.items.append(waiter.convert(DirectReply(RawHeaders(headers), data)))
+        except Exception as e:  # noqa: BLE001 - the caller hears of it
+            waiter.future.set_exception(e)
+            return
         if waiter.single:
-            waiter.future.set_result(waiter.messages)
+            waiter.future.set_result(waiter.items)
 
-    async def direct_get(self, stream: str, request: dict[str, Any], *, batch: bool) -> list[StoredMessage]:
+    async def direct_get(
+        self,
+        stream: str,
+        request: dict[str, Any],
+        *,
+        batch: bool,
+        convert: Callable[[Msg], T] = stored_message,  # type: ignore[assignment]
+    ) -> list[T]:
         """JetStream direct get; with ``batch`` the request asks for several messages at once.
 
-        Returns the messages found (none when the server answers 404).
+        Returns the messages found, each passed through ``convert`` (none on a 404).
         """
         token = str(next(self._reply_tokens))
-        waiter = _MultiReply(single=not batch)
+        waiter = _MultiReply(single=not batch, convert=convert)
         self._replies[token] = waiter
         try:
             await self.publish(
                 f"$JS.API.DIRECT.GET.{stream}", _encode(request), reply=f"{self._inbox_prefix}.{token}"
             )
             try:
-                messages = await asyncio.wait_for(waiter.future, self.timeout)
+                return await asyncio.wait_for(waiter.future, self.timeout)
             except asyncio.TimeoutError as e:
                 raise NatsUnavailableError(
                     f"direct get on stream {stream} was not answered in time "
@@ -310,18 +468,24 @@ class NatsClient:
                 ) from e
         finally:
             del self._replies[token]
-        return [
-            StoredMessage(
-                subject=m.headers["Nats-Subject"],
-                seq=int(m.headers["Nats-Sequence"]),
-                data=m.data,
-                headers=m.headers,
-            )
-            for m in messages
-        ]
 
     def get(self, stream: str, request: dict[str, Any], *, batch: bool) -> list[StoredMessage]:
         return self.run(self.direct_get(stream, request, batch=batch))
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the private loop without waiting for it (e.g. to read ahead)."""
+        if self._closed:
+            coro.close()
+            raise NatsUnavailableError("the NATS client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def result(self, future: concurrent.futures.Future[T], timeout: float | None = None) -> T:
+        """Wait for a future from ``start``; give up after ``timeout`` (default: twice the client's)."""
+        try:
+            return future.result(self.timeout * 2 + 1 if timeout is None else timeout)
+        except concurrent.futures.TimeoutError as e:
+            future.cancel()
+            raise NatsUnavailableError(f"NATS at {self.url} did not answer in time") from e
 
     # ---- appends (group commit) ----------------------------------------------------------------
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -31,6 +32,8 @@ from eventsourcing.persistence import (
     StoredEvent,
     Tracking,
 )
+
+from nats.aio.msg import Msg
 
 from ledger.jetstream.client import (
     BATCH_DUPLICATE_MSG_ID,
@@ -43,6 +46,8 @@ from ledger.jetstream.client import (
     OutgoingMessage,
     StoredMessage,
 )
+
+T = TypeVar("T")
 
 TOPIC = "Ledger-Topic"
 VERSION = "Ledger-Version"
@@ -263,6 +268,19 @@ class JetStreamDatastore:
     def read_range(self, stream: str, first_seq: int, count: int) -> list[StoredMessage]:
         """Up to ``count`` messages (any subject) from ``first_seq`` on, in stream order."""
         return self.get(stream, {"seq": first_seq, "batch": count}, batch=True)
+
+    def start_reading_range(
+        self, stream: str, first_seq: int, count: int, convert: Callable[[Msg], T]
+    ) -> Future[list[T]]:
+        """Start reading up to ``count`` messages from ``first_seq``, each through ``convert``."""
+        client = self.client
+        return client.start(client.direct_get(stream, {"seq": first_seq, "batch": count}, batch=True, convert=convert))
+
+    def wait(self, future: Future[T]) -> T:
+        try:
+            return self.client.result(future)
+        except NatsUnavailableError as e:
+            raise OperationalError(str(e)) from e
 
     def _refresh(self, stream: str, subject: str) -> _Last:
         message = self.last_message(stream, subject)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
+from concurrent.futures import Future
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -29,6 +31,7 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ledger.jetstream.datastore import (
@@ -99,6 +102,8 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
 
     def __init__(self, datastore: JetStreamDatastore) -> None:
         super().__init__(datastore, "events")
+        self._ahead: tuple[tuple[int, int, frozenset[str]], Future[list[Notification | int]]] | None = None
+        self._ahead_lock = threading.Lock()
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         return self._insert(stored_events, kwargs.get("tracking"))
@@ -117,35 +122,70 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         wanted = frozenset(topics)
         notifications: list[Notification] = []
         while len(notifications) < limit and (stop is None or seq <= stop):
-            page_size = min(_NOTIFICATION_PAGE, max(limit - len(notifications), 1) if not wanted else _NOTIFICATION_PAGE)
+            count = _NOTIFICATION_PAGE if wanted else min(_NOTIFICATION_PAGE, limit - len(notifications))
             if stop is not None:
-                page_size = min(page_size, stop - seq + 1)
-            page = self.datastore.read_range(self.stream, seq, page_size)
-            for m in page:
-                if stop is not None and m.seq > stop:
-                    break
-                notification = self._notification(m, wanted)
-                if notification is not None:
-                    notifications.append(notification)
+                count = min(count, stop - seq + 1)
+            page = self._read_page(seq, count, wanted)
+            for item in page:
+                if type(item) is not int:
+                    notifications.append(item)
                     if len(notifications) == limit:
                         break
-            if len(page) < page_size:
+            if len(page) < count:
                 break
-            seq = page[-1].seq + 1
+            last = page[-1]
+            seq = (last if type(last) is int else last.id) + 1
         return notifications
 
-    def _notification(self, m: Any, wanted: frozenset[str]) -> Notification | None:
-        """The notification a stream message stands for, or None (tracking record, other topic)."""
-        headers = m.headers
-        topic = headers.get(TOPIC)
+    def _read_page(self, seq: int, count: int, wanted: frozenset[str]) -> list[Notification | int]:
+        """Messages ``seq``… as notifications (an int: the sequence of one that is not).
+
+        Reading is sequential (replays, projections catching up), so after a full page the next
+        one is requested at once, to arrive while the caller works through this one.
+        """
+        key = (seq, count, wanted)
+        with self._ahead_lock:
+            ahead, self._ahead = self._ahead, None
+        page = None
+        if ahead is not None:
+            if ahead[0] == key:
+                page = self.datastore.wait(ahead[1])
+                if len(page) < count:
+                    page = None  # it reached the end of the stream then; there may be more now
+            else:
+                ahead[1].cancel()
+        if page is None:
+            page = self.datastore.wait(self._start_page(seq, count, wanted))
+        if len(page) == count:
+            following = self._start_page(seq + count, count, wanted)
+            with self._ahead_lock:
+                replaced, self._ahead = self._ahead, ((seq + count, count, wanted), following)
+            if replaced is not None:
+                replaced[1].cancel()
+        return page
+
+    def _start_page(self, seq: int, count: int, wanted: frozenset[str]) -> Future[list[Notification | int]]:
+        notification = self._notification
+
+        def convert(msg: Msg) -> Notification | int:
+            headers = msg.headers
+            return notification(int(headers["Nats-Sequence"]), headers["Nats-Subject"], msg, wanted)
+
+        return self.datastore.start_reading_range(self.stream, seq, count, convert)
+
+    def _notification(self, seq: int, subject: str, msg: Msg, wanted: frozenset[str]) -> Notification | int:
+        """The notification stream message ``seq`` stands for, or ``seq`` itself when it stands
+        for none (a tracking record, or an event of a topic not ``wanted``)."""
+        headers = msg.headers
+        topic = headers.get(TOPIC) if headers else None
         if topic is None or (wanted and topic not in wanted):
-            return None
+            return seq
         return Notification(
-            id=m.seq,
-            originator_id=self.datastore.originator_id(self.base, m.subject),
+            id=seq,
+            originator_id=self.datastore.originator_id(self.base, subject),
             originator_version=int(headers[VERSION]),
             topic=topic,
-            state=m.data,
+            state=msg.data,
         )
 
     def max_notification_id(self) -> int | None:
@@ -199,10 +239,12 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         if self._has_been_stopped:
             return
         try:
-            notification = self._recorder._notification(_Delivered(msg), self._wanted)
+            notification = self._recorder._notification(
+                msg.metadata.sequence.stream, msg.subject, msg, self._wanted
+            )
         except Exception as e:  # noqa: BLE001 - surfaced to the iterating thread
             notification = e
-        if notification is None:
+        if type(notification) is int:
             return
         while True:  # back-pressure: hold the consumer (flow control) while the reader lags
             try:
@@ -235,18 +277,6 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
                 raise OperationalError(f"subscription failed: {item}") from item
             return item
         raise StopIteration
-
-
-class _Delivered:
-    """A consumer-delivered message seen as a stored one (subject, stream sequence, headers)."""
-
-    __slots__ = ("data", "headers", "seq", "subject")
-
-    def __init__(self, msg: Any) -> None:
-        self.subject = msg.subject
-        self.seq = msg.metadata.sequence.stream
-        self.headers = msg.headers or {}
-        self.data = msg.data
 
 
 class JetStreamTrackingRecorder(TrackingRecorder):
