@@ -303,6 +303,7 @@ class NatsClient:
         timeout: float = 5.0,
         connect_timeout: float = 5.0,
         max_batch: int = MAX_ATOMIC_BATCH,
+        linger: float = 0.002,
         name: str = "enrollment-ledger",
         **connect_options: Any,
     ) -> None:
@@ -311,11 +312,13 @@ class NatsClient:
         self.url = url
         self.timeout = timeout
         self.max_batch = max_batch
+        self.linger = linger
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-{url}", daemon=True)
         self._thread.start()
         self._pending: deque[_Append] = deque()
         self._writer_idle = True
+        self._wake_sent = False
         self._wake: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._replies: dict[str, _MultiReply] = {}
@@ -502,7 +505,9 @@ class NatsClient:
             raise NatsUnavailableError("the NATS client is closed")
         append = _Append(list(messages), subjects)
         self._pending.append(append)
-        if self._writer_idle:
+        if self._writer_idle and not self._wake_sent:
+            # One wake-up for a crowd: the writer takes every save queued by the time it runs.
+            self._wake_sent = True
             self._loop.call_soon_threadsafe(self._wake_writer)
         try:
             return append.future.result(self.timeout * 2 + 1)
@@ -511,25 +516,52 @@ class NatsClient:
 
     def _wake_writer(self) -> None:
         assert self._wake is not None
+        self._wake_sent = False
         self._wake.set()
 
     async def _writer(self) -> None:
+        """Send the queued saves as atomic batches, one batch at a time.
+
+        Group commit: while a batch is in flight, new saves queue up and go together in the next.
+        When a batch returns, the savers it releases usually come straight back with their next
+        save; the writer waits for them (at most ``linger`` seconds, and only as long as saves
+        keep arriving) so that batches stay large instead of halving. A lone saver never waits:
+        its next save is all that was expected.
+        """
         assert self._wake is not None
+        expected = 0
         while True:
             self._writer_idle = True
             # Re-check after raising the flag: a save queued just before it was raised sent no wake.
             if not self._pending:
                 await self._wake.wait()
             self._wake.clear()
+            if expected > len(self._pending):
+                await self._linger(expected)
             self._writer_idle = False
-            while self._pending:
-                group = self._gather()
-                try:
-                    await self._commit(group)
-                except Exception as e:  # noqa: BLE001 - every save must hear an outcome
-                    for append in group:
-                        if not append.future.done():
-                            append.future.set_exception(e)
+            group = self._gather()
+            if not group:
+                continue
+            try:
+                await self._commit(group)
+            except Exception as e:  # noqa: BLE001 - every save must hear an outcome
+                for append in group:
+                    if not append.future.done():
+                        append.future.set_exception(e)
+            expected = min(len(group) + len(self._pending), self.max_batch)
+
+    async def _linger(self, expected: int) -> None:
+        assert self._wake is not None
+        deadline = self._loop.time() + self.linger
+        while len(self._pending) < expected:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+            self._wake.clear()
 
     def _gather(self) -> list[_Append]:
         """Take the next saves that fit one atomic batch and touch disjoint subjects."""
