@@ -1,0 +1,1 @@
+"""Benchmarks of the enrollment ledger (run as ``python -m bench.<name>``)."""
