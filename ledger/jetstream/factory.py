@@ -21,7 +21,7 @@ Settings (environment, optionally prefixed with the application's name, as the l
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 from eventsourcing.persistence import InfrastructureFactory, OperationalError, Transcoder
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
@@ -35,6 +35,9 @@ from ledger.jetstream.recorders import (
     JetStreamTrackingRecorder,
 )
 from ledger.jetstream.transcoder import MsgspecTranscoder, register_default_transcodings
+
+
+R = TypeVar("R", JetStreamApplicationRecorder, JetStreamTrackingRecorder, JetStreamProcessRecorder)
 
 
 class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
@@ -105,28 +108,26 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         return recorder
 
     def application_recorder(self) -> JetStreamApplicationRecorder:
-        cls = self._recorder_class(self.APPLICATION_RECORDER_TOPIC, JetStreamApplicationRecorder)
-        recorder = cls(self.datastore)
-        recorder.create_stream(create=self._create())
-        return recorder
+        return self._recorder(self._recorder_class(self.APPLICATION_RECORDER_TOPIC, JetStreamApplicationRecorder))
 
     def tracking_recorder(
         self, tracking_recorder_class: type[JetStreamTrackingRecorder] | None = None
     ) -> JetStreamTrackingRecorder:
-        cls = tracking_recorder_class or self._recorder_class(
-            self.TRACKING_RECORDER_TOPIC, JetStreamTrackingRecorder
+        return self._recorder(
+            tracking_recorder_class or self._recorder_class(self.TRACKING_RECORDER_TOPIC, JetStreamTrackingRecorder)
         )
-        recorder = cls(self.datastore)
-        recorder.create_stream(create=self._create())
-        return recorder
 
     def process_recorder(self) -> JetStreamProcessRecorder:
-        cls = self._recorder_class(self.PROCESS_RECORDER_TOPIC, JetStreamProcessRecorder)
+        return self._recorder(self._recorder_class(self.PROCESS_RECORDER_TOPIC, JetStreamProcessRecorder))
+
+    def _recorder(self, cls: type[R]) -> R:
+        """A recorder of ``cls`` on this factory's connection, its stream created or checked."""
         recorder = cls(self.datastore)
         recorder.create_stream(create=self._create())
         return recorder
 
-    def _recorder_class(self, topic_key: str, default: type) -> type:
+    def _recorder_class(self, topic_key: str, default: type[R]) -> type[R]:
+        """``default``, or the subclass of it named by the environment variable ``topic_key``."""
         topic = self.env.get(topic_key)
         if not topic:
             return default
