@@ -12,7 +12,6 @@ aside (see ``MsgspecTranscoder``).
 from __future__ import annotations
 
 import json
-from datetime import date
 from math import isfinite
 from typing import Any, Final
 
@@ -26,40 +25,12 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
+from ledger.transcodings import DateAsISO, TupleAsList
+
 # Types msgspec writes as the json module does, so they pass through untouched. Floats need a
 # look first: msgspec would silently write NaN and the infinities as null.
 _PLAIN: Final = frozenset({str, int, bool, type(None)})
 _CONTAINERS: Final = frozenset({dict, list})
-
-
-class TupleAsList(Transcoding):
-    """Represents tuples as lists. Built into ``MsgspecTranscoder``.
-
-    Register it with a ``JSONTranscoder`` to let that read tuples written by
-    ``MsgspecTranscoder``.
-    """
-
-    type = tuple
-    name = "tuple_as_list"
-
-    def encode(self, obj: tuple[Any, ...]) -> list[Any]:
-        return list(obj)
-
-    def decode(self, data: list[Any]) -> tuple[Any, ...]:
-        return tuple(data)
-
-
-class DateAsISO(Transcoding):
-    """Represents :class:`datetime.date` objects as ISO 8601 strings (``YYYY-MM-DD``)."""
-
-    type = date
-    name = "date_iso"
-
-    def encode(self, obj: date) -> str:
-        return obj.isoformat()
-
-    def decode(self, data: str) -> date:
-        return date.fromisoformat(data)
 
 
 class MsgspecTranscoder(JSONTranscoder):

@@ -1,0 +1,435 @@
+"""The ledger application: one method per upstream fact of ``contract.md``.
+
+Each method decides by the policy and the message's own times, then either records events (one
+``save()``, atomic across every aggregate it touches) or raises a ``Refusal`` with exactly one
+reason from the contract. The same ``msg_id`` twice changes nothing and is not an error.
+
+The store is whatever ``PERSISTENCE_MODULE`` selects: the library's in-memory store by default,
+``ledger.jetstream`` in production.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, JSONTranscoder
+
+from ledger.domain.cash import CashCollector, CashReceipt, collector_id, receipt_id
+from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
+from ledger.domain.identity import PersonKeyer, ResidentId
+from ledger.domain.person import InsuredPerson, person_id
+from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
+from ledger.domain.refusals import DuplicateReceipt, Malformed, NoEnrollment
+from ledger.domain.source import Source
+from ledger.domain.targets import DistrictTarget, target_id
+from ledger.transcodings import LEDGER_TRANSCODINGS
+
+PERSON_KEY_SECRET = "LEDGER_PERSON_KEY_SECRET"
+CASH_CHANNEL = "community_cash"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who sent a fact: the upstream system and, where known, channel, operator, organisation."""
+
+    system: str
+    channel: str | None = None
+    operator_id: str | None = None
+    org_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a fact did: how many events it recorded, or that it was a duplicate."""
+
+    recorded: int
+    duplicate: bool = False
+
+
+DUPLICATE = Outcome(0, duplicate=True)
+
+
+class Ledger(Application[UUID]):
+    """The enrollment ledger (参保登记台账) of one region."""
+
+    name = "Ledger"
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        policy: RegionPolicy | None = None,
+        keyer: PersonKeyer | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.policy = policy or load_policy(DEFAULT_POLICY)
+        self.keyer = keyer or self._keyer_from_environment()
+
+    def _keyer_from_environment(self) -> PersonKeyer:
+        secret = self.env.get(PERSON_KEY_SECRET) or os.environ.get(PERSON_KEY_SECRET)
+        if not secret:
+            raise OSError(
+                f"{PERSON_KEY_SECRET} is not set: the person key is a keyed hash of the ID number "
+                "and its secret comes from the environment, never from the repository"
+            )
+        return PersonKeyer(secret.encode())
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        for transcoding in LEDGER_TRANSCODINGS:
+            transcoder.register(transcoding)
+
+    # ---- upstream facts ---------------------------------------------------------------------
+
+    def register_person(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        id_number: str,
+        name: str,
+        district: str,
+        phone: str | None = None,
+        household_id: str | None = None,
+        residence_permit: bool = False,
+        hukou_district: str | None = None,
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.person.registered``: a resident registered (or re-registered)."""
+        resident = self._resident(id_number, occurred_at)
+        key = self.keyer(resident.number)
+        person = self._person(key)
+        if person is not None and msg_id in person.seen:
+            return DUPLICATE
+        self.policy.district_name(district)
+        source = _source(msg_id, occurred_at, actor)
+        details = dict(
+            district=district,
+            name=name,
+            phone=phone,
+            household_id=household_id,
+            residence_permit=residence_permit,
+            hukou_district=hukou_district,
+        )
+        if person is None:
+            person = InsuredPerson(
+                person_key=key, birth_date=resident.birth_date, sex=resident.sex, source=source, **details
+            )
+        else:
+            person.update_registration(source=source, **details)
+        return self._save(person)
+
+    def request_enrollment(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        id_number: str,
+        coverage_year: int,
+        category: str,
+        channel: str,
+        district: str,
+        migrant_worker: bool = False,
+        birth_date: date | None = None,
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.enrollment.requested``: an enrollment for a coverage year (参保登记)."""
+        resident = self._resident(id_number, occurred_at)
+        if birth_date is not None and birth_date != resident.birth_date:
+            raise Malformed(f"birth_date {birth_date} differs from the ID number's birth date")
+        key = self.keyer(resident.number)
+        person = self._person(key)
+        if person is not None and msg_id in person.seen:
+            return DUPLICATE
+        source = _source(msg_id, occurred_at, actor)
+        if person is None:
+            self.policy.district_name(district)
+            person = self._new_person(key, resident, district, source)
+        person.request_enrollment(
+            self.policy,
+            coverage_year=coverage_year,
+            category=category,
+            channel=channel,
+            district=district,
+            migrant_worker=migrant_worker,
+            source=source,
+        )
+        return self._save(person)
+
+    def receive_payment(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        id_number: str,
+        coverage_year: int,
+        amount_fen: int,
+        channel: str,
+        paid_at: datetime,
+        receipt_no: str | None = None,
+        collector_id: str | None = None,
+        payer_account: str | None = None,
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.payment.received``: the individual share paid (cash with a receipt)."""
+        resident = self._resident(id_number, occurred_at)
+        key = self.keyer(resident.number)
+        person = self._person(key)
+        if person is None:
+            raise NoEnrollment(f"no enrollment for {coverage_year}: the person is not in the ledger")
+        if msg_id in person.seen:
+            return DUPLICATE
+        if amount_fen < 0:
+            raise Malformed("a negative amount")
+        source = _source(msg_id, paid_at, actor)
+        person.receive_payment(
+            self.policy,
+            coverage_year=coverage_year,
+            amount_fen=amount_fen,
+            channel=channel,
+            receipt_no=receipt_no,
+            payer_account=payer_account,
+            source=source,
+        )
+        if channel != CASH_CHANNEL:
+            return self._save(person)
+        if not receipt_no or not collector_id:
+            raise Malformed("a cash payment needs receipt_no and collector_id (专用票据)")
+        if self._exists(receipt_id(receipt_no)):
+            raise DuplicateReceipt(f"receipt {receipt_no} was already used")
+        receipt = CashReceipt(
+            receipt_no=receipt_no,
+            collector_id=collector_id,
+            person_key=key,
+            coverage_year=coverage_year,
+            amount_fen=amount_fen,
+            source=source,
+        )
+        collector = self._collector(collector_id, source)
+        collector.receive_cash(receipt_no=receipt_no, amount_fen=amount_fen, source=source)
+        try:
+            return self._save(person, receipt, collector)
+        except IntegrityError:
+            if self._exists(receipt_id(receipt_no)):  # another payment took the number meanwhile
+                raise DuplicateReceipt(f"receipt {receipt_no} was already used") from None
+            raise
+
+    def list_subsidy(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        id_number: str,
+        coverage_year: int,
+        subsidy_category: str,
+        department: str,
+        roster: str,
+        effective_from: date | None = None,
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.subsidy.listed``: a department's roster entry (资助参保)."""
+        resident = self._resident(id_number, occurred_at)
+        key = self.keyer(resident.number)
+        person = self._person(key)
+        if person is not None and msg_id in person.seen:
+            return DUPLICATE
+        source = _source(msg_id, occurred_at, actor)
+        if person is None:
+            # Rosters carry no district, and an ID number's division code is where it was first
+            # issued, not where the person lives: the district stays unknown until registration.
+            person = self._new_person(key, resident, None, source)
+        person.list_subsidy(
+            self.policy,
+            coverage_year=coverage_year,
+            subsidy_category=subsidy_category,
+            department=department,
+            roster=roster,
+            effective_from=effective_from,
+            source=source,
+        )
+        return self._save(person)
+
+    def remit_cash(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        collector_id: str,
+        amount_fen: int,
+        voucher_no: str,
+        remitted_at: datetime,
+        receipt_nos: tuple[str, ...] = (),
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.cash.remitted``: a committee's cash handed to the tax office."""
+        source = _source(msg_id, remitted_at, actor)
+        collector = self._collector(collector_id, source)
+        if msg_id in collector.seen:
+            return DUPLICATE
+        collector.remit(voucher_no=voucher_no, amount_fen=amount_fen, receipt_nos=tuple(receipt_nos), source=source)
+        return self._save(collector)
+
+    def register_death(self, *, msg_id: str, occurred_at: datetime, id_number: str, date_of_death: date, actor: Actor) -> Outcome:
+        """``upstream.death.registered``: coverage ends on the date of death."""
+        person, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
+        if person is None:
+            return DUPLICATE
+        person.register_death(date_of_death=date_of_death, source=source)
+        return self._save(person)
+
+    def change_employee_insurance(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        id_number: str,
+        insured_from: date,
+        continuous_months: int,
+        insured_until: date | None = None,
+        back_paid_months: int = 0,
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.employee_insurance.changed``: a spell of employee insurance (职工医保)."""
+        if continuous_months < 0 or back_paid_months < 0 or back_paid_months > continuous_months:
+            raise Malformed("months must be ≥ 0, back-paid months at most the continuous months")
+        person, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
+        if person is None:
+            return DUPLICATE
+        person.change_employee_insurance(
+            self.policy,
+            insured_from=insured_from,
+            insured_until=insured_until,
+            continuous_months=continuous_months,
+            back_paid_months=back_paid_months,
+            source=source,
+        )
+        return self._save(person)
+
+    def register_discharge(
+        self,
+        *,
+        msg_id: str,
+        occurred_at: datetime,
+        id_number: str,
+        discharged_on: date,
+        spouse_id_number: str | None = None,
+        actor: Actor,
+    ) -> Outcome:
+        """``upstream.discharge.registered``: a soldier discharged this year, and the non-working
+        spouse who followed (随军未就业配偶); both in one save."""
+        soldier, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
+        if soldier is None:
+            return DUPLICATE
+        soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
+        touched = [soldier]
+        if spouse_id_number:
+            spouse_resident = self._resident(spouse_id_number, occurred_at)
+            spouse_key = self.keyer(spouse_resident.number)
+            spouse = self._person(spouse_key) or self._new_person(spouse_key, spouse_resident, None, source)
+            spouse.register_discharge(discharged_on=discharged_on, as_spouse=True, source=source)
+            touched.append(spouse)
+        return self._save(*touched)
+
+    def set_target(
+        self, *, msg_id: str, occurred_at: datetime, district: str, coverage_year: int, target_count: int, actor: Actor
+    ) -> Outcome:
+        """``upstream.target.set``: a district's enrollment target for a coverage year (参保任务)."""
+        self.policy.district_name(district)
+        self.policy.for_coverage_year(coverage_year)
+        if target_count < 0:
+            raise Malformed("a negative target")
+        source = _source(msg_id, occurred_at, actor)
+        try:
+            target: DistrictTarget = self.repository.get(target_id(district, coverage_year))
+        except AggregateNotFoundError:
+            target = DistrictTarget(district=district, coverage_year=coverage_year, target_count=target_count, source=source)
+        else:
+            if msg_id in target.seen:
+                return DUPLICATE
+            target.change(target_count=target_count, source=source)
+        return self._save(target)
+
+    # ---- questions ----------------------------------------------------------------------------
+
+    def coverage(self, id_number: str, on: date, as_of: datetime | None = None) -> CoverageAnswer:
+        """Is this person covered on ``on``? With ``as_of``: as the ledger knew it then."""
+        resident = ResidentId.parse(id_number)
+        key = self.keyer(resident.number)
+        if as_of is not None:
+            return answer_as_of(self.repository.event_store.get(person_id(key)), key, on, as_of)
+        return answer(self._person(key), key, on)
+
+    def person(self, id_number: str) -> InsuredPerson | None:
+        return self._person(self.keyer(ResidentId.parse(id_number).number))
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _resident(self, id_number: str, occurred_at: datetime) -> ResidentId:
+        return ResidentId.parse(id_number, today=occurred_at.date())
+
+    def _person(self, key: str) -> InsuredPerson | None:
+        try:
+            return self.repository.get(person_id(key))
+        except AggregateNotFoundError:
+            return None
+
+    def _exists(self, aggregate_id: UUID) -> bool:
+        try:
+            self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return False
+        return True
+
+    def _new_person(self, key: str, resident: ResidentId, district: str | None, source: Source) -> InsuredPerson:
+        """A person first known from a fact other than registration."""
+        return InsuredPerson(
+            person_key=key,
+            birth_date=resident.birth_date,
+            sex=resident.sex,
+            district=district,
+            name=None,
+            phone=None,
+            household_id=None,
+            residence_permit=False,
+            hukou_district=None,
+            source=source,
+        )
+
+    def _person_for_status(
+        self, msg_id: str, occurred_at: datetime, id_number: str, actor: Actor
+    ) -> tuple[InsuredPerson | None, Source]:
+        """The person a status change concerns (registered now if unknown); None if duplicate."""
+        resident = self._resident(id_number, occurred_at)
+        key = self.keyer(resident.number)
+        source = _source(msg_id, occurred_at, actor)
+        person = self._person(key)
+        if person is None:
+            return self._new_person(key, resident, None, source), source
+        return (None if msg_id in person.seen else person), source
+
+    def _collector(self, collector: str, source: Source) -> CashCollector:
+        try:
+            return self.repository.get(collector_id(collector))
+        except AggregateNotFoundError:
+            return CashCollector(collector=collector, source=source)
+
+    def _save(self, *aggregates: Any) -> Outcome:
+        return Outcome(len(self.save(*aggregates)))
+
+
+def _source(msg_id: str, effective_at: datetime, actor: Actor) -> Source:
+    if effective_at.tzinfo is None:
+        raise Malformed("times need an offset (e.g. +08:00)")
+    return Source(
+        msg_id=msg_id,
+        effective_at=effective_at,
+        system=actor.system,
+        channel=actor.channel,
+        operator_id=actor.operator_id,
+        org_id=actor.org_id,
+    )

@@ -1,0 +1,92 @@
+""""Is this person covered on this date?" — answered from the person's events alone.
+
+``answer`` reads a person as the events made them; ``answer_as_of`` first folds only the events
+the ledger had recorded by a past moment, so an auditor sees what the ledger knew then. The
+reply has the contract's shape (``contract.md``, coverage reply); ``covered`` means costs on that
+date are reimbursable: enrolled, paid, on or after the benefit start, not ended by death or
+cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import reduce
+from typing import Any
+
+from ledger.domain.person import AWAITING_PAYMENT, ENDED, ENROLLED, Enrollment, InsuredPerson
+
+NOT_ENROLLED = "not_enrolled"
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageAnswer:
+    """The coverage reply of the contract, less what only the store knows (``ledger_seq``)."""
+
+    person_key: str
+    date: date
+    covered: bool
+    in_waiting_period: bool
+    coverage_year: int
+    coverage_start: date | None
+    coverage_end: date | None
+    benefit_start: date | None
+    status: str
+    subsidy_category: str | None
+    ended_reason: str | None = None
+    as_of: datetime | None = None
+
+
+def answer(person: InsuredPerson | None, person_key: str, day: date, as_of: datetime | None = None) -> CoverageAnswer:
+    """Coverage of ``person`` (None: unknown to the ledger) on ``day``."""
+    enrollment = _enrollment_for(person, day) if person is not None else None
+    if enrollment is None:
+        return CoverageAnswer(person_key, day, False, False, day.year, None, None, None, NOT_ENROLLED, None, as_of=as_of)
+    terms = enrollment.terms
+    start, end, benefit = (terms.coverage_start, terms.coverage_end, terms.benefit_start) if terms else (None, None, None)
+    status = enrollment.status
+    if status == ENDED and enrollment.ended_on is not None and day <= enrollment.ended_on and terms is not None:
+        status = ENROLLED  # covered until the day coverage ended (death), ended afterwards
+    in_range = start is not None and end is not None and start <= day <= end
+    if status == ENROLLED and not in_range:
+        status = NOT_ENROLLED
+    enrolled = status == ENROLLED
+    return CoverageAnswer(
+        person_key=person_key,
+        date=day,
+        covered=enrolled and benefit is not None and day >= benefit,
+        in_waiting_period=enrolled and benefit is not None and day < benefit,
+        coverage_year=enrollment.coverage_year,
+        coverage_start=start,
+        coverage_end=end,
+        benefit_start=benefit,
+        status=status,
+        subsidy_category=enrollment.subsidy_category,
+        ended_reason=enrollment.ended_reason if status == ENDED else None,
+        as_of=as_of,
+    )
+
+
+def answer_as_of(events: Iterable[Any], person_key: str, day: date, as_of: datetime) -> CoverageAnswer:
+    """Coverage on ``day`` as the ledger knew it at ``as_of`` (events recorded by then only)."""
+    known = [e for e in events if e.timestamp <= as_of]
+    person = reduce(lambda aggregate, e: e.mutate(aggregate), known, None) if known else None
+    return answer(person, person_key, day, as_of)
+
+
+def _enrollment_for(person: InsuredPerson, day: date) -> Enrollment | None:
+    """The enrollment whose coverage contains ``day``; else the one for ``day``'s year.
+
+    A new university student's coverage for year Y starts in the autumn before it, so the next
+    year's enrollment can cover a day too.
+    """
+    candidates = [person.enrollments.get(day.year), person.enrollments.get(day.year + 1)]
+    for enrollment in candidates:
+        terms = enrollment.terms if enrollment is not None else None
+        if terms is not None and terms.coverage_start <= day <= terms.coverage_end:
+            return enrollment
+    own = candidates[0]
+    if own is not None and own.status in (AWAITING_PAYMENT, ENROLLED, ENDED):
+        return own
+    return None
