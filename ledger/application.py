@@ -279,7 +279,7 @@ class Ledger(Application[UUID]):
         person, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
         if person is None:
             return DUPLICATE
-        person.register_death(date_of_death=date_of_death, source=source)
+        person.register_death(self.policy, date_of_death=date_of_death, source=source)
         return self._save(person)
 
     def change_employee_insurance(

@@ -88,10 +88,12 @@ def decide_coverage(
     year_start, year_end = date(coverage_year, 1, 1), date(coverage_year, 12, 31)
     period_start, period_end = policy.concentrated_period(funding_year)
 
-    if category == "newborn" and facts.birth_date.year == coverage_year:
+    born = facts.birth_date.year
+    if category == "newborn" and (born == coverage_year or (born == funding_year and paid_on >= year_start)):
         # 新生儿: enrolled for the year of birth (also during the concentrated period, which lets
-        # a newborn enroll for the current year and the next).
-        return _newborn(policy, facts.birth_date, paid_on, year_end)
+        # a newborn enroll for the current year and the next), or, born late in the year, for the
+        # next year once it has begun.
+        return _newborn(policy, facts.birth_date, paid_on, year_start, year_end)
 
     if period_start <= paid_on <= period_end:
         if category == "university_new":
@@ -113,10 +115,14 @@ def decide_coverage(
     return _outside_the_period(policy, category, paid_on, year_end, facts)
 
 
-def _newborn(policy: RegionPolicy, birth_date: date, paid_on: date, year_end: date) -> CoverageTerms:
+def _newborn(
+    policy: RegionPolicy, birth_date: date, paid_on: date, year_start: date, year_end: date
+) -> CoverageTerms:
     if paid_on <= add_months(birth_date, policy.newborn_window_months):
-        # 新生儿自出生之日起3个月内参保缴费的，自出生之日起享受当年居民医保待遇 (皖医保发〔2021〕7号 (三)).
-        return CoverageTerms(birth_date, year_end, birth_date, retroactive=paid_on > birth_date, rule="newborn")
+        # 新生儿自出生之日起3个月内参保缴费的，自出生之日起享受当年居民医保待遇 (皖医保发〔2021〕7号 (三)):
+        # from birth, within the coverage year.
+        start = max(birth_date, year_start)
+        return CoverageTerms(start, year_end, start, retroactive=paid_on > start, rule="newborn")
     # Later [choice: late_newborn_rule]: from the day after payment, no waiting period.
     start = next_day(paid_on)
     return CoverageTerms(start, year_end, start, rule="newborn_late")

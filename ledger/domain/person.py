@@ -482,9 +482,10 @@ class InsuredPerson(Aggregate):
         self.discharged_as_spouse = as_spouse
         self.seen.add(source.msg_id)
 
-    def register_death(self, *, date_of_death: date, source: Source) -> None:
+    def register_death(self, policy: RegionPolicy, *, date_of_death: date, source: Source) -> None:
         """A death registered by public security or civil affairs: coverage ends that day."""
         self._death_registered(date_of_death=date_of_death, source=source)
+        source = source.with_policy(policy.version)
         for enrollment in list(self.enrollments.values()):
             if not enrollment.active:
                 continue
