@@ -1,0 +1,182 @@
+"""The upstream messages of ``contract.md``: one msgspec ``Struct`` per subject, exactly its fields.
+
+Dates are ``YYYY-MM-DD``; times are ISO 8601 with an offset (a time without one is malformed);
+money is integer fen. Unknown extra fields are ignored; a missing or malformed required field
+is refused with reason ``malformed`` and the path of the field. Decoders are built once.
+
+These are integration messages, not domain events: ``consumers.commands`` turns each into one
+call of the ``Ledger`` application.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from ledger.domain.refusals import Malformed
+
+Time = Annotated[datetime, msgspec.Meta(tz=True)]
+"""A time with its offset (+08:00); a naive time is malformed."""
+Fen = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+Year = Annotated[int, msgspec.Meta(ge=2000, le=2100)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+IdNumber = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+"""Any text: whether it is a valid resident ID number is the ledger's ``invalid_id_number``."""
+DivisionCode = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
+Months = Annotated[int, msgspec.Meta(ge=0, le=1200)]
+
+Category = Literal[
+    "resident",
+    "minor_of_employee",
+    "residence_permit",
+    "student",
+    "university_new",
+    "foreign_expert_family",
+    "newborn",
+    "cross_scheme",
+    "veteran",
+    "assistance_new",
+]
+Channel = Literal["wechat", "community_qr", "community_cash", "university", "school", "tax", "auto"]
+SubsidyCategory = Literal[
+    "extreme_poverty",
+    "scattered_orphan",
+    "family_planning_special",
+    "dibao",
+    "low_income_elderly",
+    "poverty_returned",
+    "poverty_unstable",
+    "monitored_low_income",
+]
+
+
+class Upstream(msgspec.Struct, frozen=True, kw_only=True):
+    """What every upstream message carries."""
+
+    msg_id: Text
+    occurred_at: Time
+
+
+class PersonRegistered(Upstream, frozen=True, kw_only=True):
+    """``upstream.person.registered`` — public security / community."""
+
+    id_number: IdNumber
+    name: Text
+    district: DivisionCode
+    phone: Text | None = None
+    household_id: Text | None = None
+    residence_permit: bool = False
+    hukou_district: DivisionCode | None = None
+
+
+class EnrollmentRequested(Upstream, frozen=True, kw_only=True):
+    """``upstream.enrollment.requested`` — WeChat account, community, school, university."""
+
+    id_number: IdNumber
+    coverage_year: Year
+    category: Category
+    channel: Channel
+    district: DivisionCode
+    operator_id: Text | None = None
+    org_id: Text | None = None
+    migrant_worker: bool = False
+    birth_date: date | None = None
+
+
+class PaymentReceived(Upstream, frozen=True, kw_only=True):
+    """``upstream.payment.received`` — WeChat pay, tax office, community, university."""
+
+    id_number: IdNumber
+    coverage_year: Year
+    amount_fen: Fen
+    channel: Channel
+    paid_at: Time
+    receipt_no: Text | None = None
+    collector_id: Text | None = None
+    payer_account: Text | None = None
+    operator_id: Text | None = None
+
+
+class SubsidyListed(Upstream, frozen=True, kw_only=True):
+    """``upstream.subsidy.listed`` — civil affairs, rural revitalisation, health commission."""
+
+    id_number: IdNumber
+    coverage_year: Year
+    subsidy_category: SubsidyCategory
+    department: Text
+    roster: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}$")]
+    effective_from: date | None = None
+
+
+class CashRemitted(Upstream, frozen=True, kw_only=True):
+    """``upstream.cash.remitted`` — community committee / tax office."""
+
+    collector_id: Text
+    amount_fen: Fen
+    voucher_no: Text
+    remitted_at: Time
+    receipt_nos: Annotated[tuple[Text, ...], msgspec.Meta(max_length=10_000)] = ()
+
+
+class DeathRegistered(Upstream, frozen=True, kw_only=True):
+    """``upstream.death.registered`` — public security / civil affairs."""
+
+    id_number: IdNumber
+    date_of_death: date
+
+
+class EmployeeInsuranceChanged(Upstream, frozen=True, kw_only=True):
+    """``upstream.employee_insurance.changed`` — the employee-insurance system."""
+
+    id_number: IdNumber
+    insured_from: date
+    continuous_months: Months
+    insured_until: date | None = None
+    back_paid_months: Months = 0
+
+
+class DischargeRegistered(Upstream, frozen=True, kw_only=True):
+    """``upstream.discharge.registered`` — veterans affairs."""
+
+    id_number: IdNumber
+    discharged_on: date
+    spouse_id_number: IdNumber | None = None
+
+
+class TargetSet(Upstream, frozen=True, kw_only=True):
+    """``upstream.target.set`` — the medical security bureau."""
+
+    district: DivisionCode
+    coverage_year: Year
+    target_count: Annotated[int, msgspec.Meta(ge=0, le=10**9)]
+
+
+SCHEMAS: dict[str, type[Upstream]] = {
+    "upstream.person.registered": PersonRegistered,
+    "upstream.enrollment.requested": EnrollmentRequested,
+    "upstream.payment.received": PaymentReceived,
+    "upstream.subsidy.listed": SubsidyListed,
+    "upstream.cash.remitted": CashRemitted,
+    "upstream.death.registered": DeathRegistered,
+    "upstream.employee_insurance.changed": EmployeeInsuranceChanged,
+    "upstream.discharge.registered": DischargeRegistered,
+    "upstream.target.set": TargetSet,
+}
+"""Every upstream subject of the contract and its message."""
+
+_DECODERS = {subject: msgspec.json.Decoder(schema) for subject, schema in SCHEMAS.items()}
+
+
+def decode(subject: str, data: bytes) -> Upstream:
+    """The message on ``subject``; raises ``Malformed`` naming what is wrong (and where)."""
+    decoder = _DECODERS.get(subject)
+    if decoder is None:
+        raise Malformed(f"{subject} is not an upstream subject of the contract")
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as e:
+        raise Malformed(str(e)) from None
+    except msgspec.DecodeError as e:
+        raise Malformed(f"not JSON: {e}") from None
