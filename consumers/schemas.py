@@ -11,7 +11,7 @@ call of the ``Ledger`` application.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -57,6 +57,20 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True):
 
     msg_id: Text
     occurred_at: Time
+
+    # FastStream documents handlers (AsyncAPI) through pydantic, which does not know msgspec
+    # Structs: these two hooks hand it the JSON schema msgspec derives from the Struct itself, so
+    # the document describes exactly what ``decode`` accepts.
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.any_schema()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _core: Any, _handler: Any) -> dict[str, Any]:
+        _, components = msgspec.json.schema_components([cls], ref_template="#/$defs/{name}")
+        return dict(components[cls.__name__])
 
 
 class PersonRegistered(Upstream, frozen=True, kw_only=True):

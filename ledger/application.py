@@ -11,6 +11,9 @@ The store is whatever ``PERSISTENCE_MODULE`` selects: the library's in-memory st
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -24,7 +27,7 @@ from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.person import InsuredPerson, person_id
 from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
-from ledger.domain.refusals import DuplicateReceipt, Malformed, NoEnrollment
+from ledger.domain.refusals import DuplicateReceipt, Malformed, NoEnrollment, Refusal
 from ledger.domain.source import Source
 from ledger.domain.targets import DistrictTarget, target_id
 from ledger.transcodings import LEDGER_TRANSCODINGS
@@ -69,6 +72,7 @@ class Ledger(Application[UUID]):
         super().__init__(env)
         self.policy = policy or load_policy(DEFAULT_POLICY)
         self.keyer = keyer or self._keyer_from_environment()
+        self._unit: _Unit | None = None
 
     def _keyer_from_environment(self) -> PersonKeyer:
         secret = self.env.get(PERSON_KEY_SECRET) or os.environ.get(PERSON_KEY_SECRET)
@@ -187,6 +191,12 @@ class Ledger(Application[UUID]):
         if amount_fen < 0:
             raise Malformed("a negative amount")
         source = _source(msg_id, paid_at, actor)
+        cash = channel == CASH_CHANNEL
+        if cash:
+            if not receipt_no or not collector_id:
+                raise Malformed("a cash payment needs receipt_no and collector_id (专用票据)")
+            if self._exists(receipt_id(receipt_no)):
+                raise DuplicateReceipt(f"receipt {receipt_no} was already used")
         person.receive_payment(
             self.policy,
             coverage_year=coverage_year,
@@ -196,12 +206,9 @@ class Ledger(Application[UUID]):
             payer_account=payer_account,
             source=source,
         )
-        if channel != CASH_CHANNEL:
+        if not cash:
             return self._save(person)
-        if not receipt_no or not collector_id:
-            raise Malformed("a cash payment needs receipt_no and collector_id (专用票据)")
-        if self._exists(receipt_id(receipt_no)):
-            raise DuplicateReceipt(f"receipt {receipt_no} was already used")
+        assert receipt_no and collector_id
         receipt = CashReceipt(
             receipt_no=receipt_no,
             collector_id=collector_id,
@@ -322,13 +329,13 @@ class Ledger(Application[UUID]):
     ) -> Outcome:
         """``upstream.discharge.registered``: a soldier discharged this year, and the non-working
         spouse who followed (随军未就业配偶); both in one save."""
+        spouse_resident = self._resident(spouse_id_number, occurred_at) if spouse_id_number else None
         soldier, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
         if soldier is None:
             return DUPLICATE
         soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
         touched = [soldier]
-        if spouse_id_number:
-            spouse_resident = self._resident(spouse_id_number, occurred_at)
+        if spouse_resident is not None:
             spouse_key = self.keyer(spouse_resident.number)
             spouse = self._person(spouse_key) or self._new_person(spouse_key, spouse_resident, None, source)
             spouse.register_discharge(discharged_on=discharged_on, as_spouse=True, source=source)
@@ -344,13 +351,12 @@ class Ledger(Application[UUID]):
         if target_count < 0:
             raise Malformed("a negative target")
         source = _source(msg_id, occurred_at, actor)
-        try:
-            target: DistrictTarget = self.repository.get(target_id(district, coverage_year))
-        except AggregateNotFoundError:
+        target: DistrictTarget | None = self._load(target_id(district, coverage_year))
+        if target is None:
             target = DistrictTarget(district=district, coverage_year=coverage_year, target_count=target_count, source=source)
+        elif msg_id in target.seen:
+            return DUPLICATE
         else:
-            if msg_id in target.seen:
-                return DUPLICATE
             target.change(target_count=target_count, source=source)
         return self._save(target)
 
@@ -373,17 +379,24 @@ class Ledger(Application[UUID]):
         return ResidentId.parse(id_number, today=occurred_at.date())
 
     def _person(self, key: str) -> InsuredPerson | None:
-        try:
-            return self.repository.get(person_id(key))
-        except AggregateNotFoundError:
-            return None
+        return self._load(person_id(key))
 
     def _exists(self, aggregate_id: UUID) -> bool:
+        return self._load(aggregate_id) is not None
+
+    def _load(self, aggregate_id: UUID) -> Any:
+        """The aggregate as this fact should see it: changed earlier in the current batch, or
+        from the store (None when it does not exist)."""
+        unit = self._unit
+        if unit is not None:
+            if aggregate_id in unit.aggregates:
+                return unit.aggregates[aggregate_id]
+            if aggregate_id in unit.absent:
+                return None
         try:
-            self.repository.get(aggregate_id)
+            return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
-            return False
-        return True
+            return None
 
     def _new_person(self, key: str, resident: ResidentId, district: str | None, source: Source) -> InsuredPerson:
         """A person first known from a fact other than registration."""
@@ -413,13 +426,111 @@ class Ledger(Application[UUID]):
         return (None if msg_id in person.seen else person), source
 
     def _collector(self, collector: str, source: Source) -> CashCollector:
-        try:
-            return self.repository.get(collector_id(collector))
-        except AggregateNotFoundError:
-            return CashCollector(collector=collector, source=source)
+        return self._load(collector_id(collector)) or CashCollector(collector=collector, source=source)
 
     def _save(self, *aggregates: Any) -> Outcome:
-        return Outcome(len(self.save(*aggregates)))
+        unit = self._unit
+        if unit is None:
+            return Outcome(len(self.save(*aggregates)))
+        return unit.add(aggregates)
+
+    # ---- batches ------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, expected_ids: Iterable[str] = ()) -> Iterator[None]:
+        """Apply many facts, then save them together (one atomic append per ``FLUSH_EVENTS``).
+
+        Each fact sees what earlier facts of the batch did. A refused fact changes nothing (its
+        commands decide before they emit). If saving fails, nothing of the unsaved part is kept
+        (cached aggregates it touched are dropped) and the exception propagates: the caller
+        applies the facts again one by one, and those already saved come back as duplicates.
+        ``expected_ids`` (ID numbers the facts concern) are looked up together first.
+        """
+        if self._unit is not None:
+            raise RuntimeError("batches do not nest")
+        self._unit = unit = _Unit()
+        try:
+            self._preload(unit, expected_ids)
+            yield
+            self._flush(unit)
+        except BaseException:
+            self._forget(unit)
+            raise
+        finally:
+            self._unit = None
+
+    def flush_if_full(self) -> None:
+        """Save the batch so far when it nears the store's atomic limit (between two facts)."""
+        unit = self._unit
+        if unit is not None and unit.pending_events >= FLUSH_EVENTS:
+            self._flush(unit)
+
+    def _flush(self, unit: _Unit) -> None:
+        if unit.aggregates:
+            self.save(*unit.aggregates.values())
+        unit.saved()
+
+    def _forget(self, unit: _Unit) -> None:
+        cache = self.repository.cache
+        if cache is not None:
+            for aggregate_id in unit.aggregates:
+                try:
+                    cache.get(aggregate_id, evict=True)
+                except KeyError:
+                    pass
+
+    def _preload(self, unit: _Unit, id_numbers: Iterable[str]) -> None:
+        ids: dict[UUID, None] = {}
+        for text in id_numbers:
+            try:
+                ids[person_id(self.keyer(ResidentId.parse(text).number))] = None
+            except Refusal:
+                continue
+        if not ids:
+            return
+
+        def load(aggregate_id: UUID) -> tuple[UUID, Any]:
+            try:
+                return aggregate_id, self.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                return aggregate_id, None
+
+        with ThreadPoolExecutor(PRELOAD_THREADS) as pool:
+            for aggregate_id, aggregate in pool.map(load, ids):
+                if aggregate is None:
+                    unit.absent.add(aggregate_id)
+                else:
+                    unit.aggregates[aggregate_id] = aggregate
+
+
+FLUSH_EVENTS = 800
+"""A batch is saved when its pending events reach this (the store's atomic limit is 1,000)."""
+PRELOAD_THREADS = 16
+
+
+class _Unit:
+    """The aggregates a batch has loaded or changed, and the ids known not to exist yet."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[UUID, Any] = {}
+        self.absent: set[UUID] = set()
+        self.pending: dict[UUID, int] = {}
+        self.pending_events = 0
+
+    def add(self, aggregates: tuple[Any, ...]) -> Outcome:
+        added = 0
+        for aggregate in aggregates:
+            self.aggregates[aggregate.id] = aggregate
+            self.absent.discard(aggregate.id)
+            count = len(aggregate.pending_events)
+            added += count - self.pending.get(aggregate.id, 0)
+            self.pending[aggregate.id] = count
+        self.pending_events += added
+        return Outcome(added)
+
+    def saved(self) -> None:
+        self.pending.clear()
+        self.pending_events = 0
 
 
 def _source(msg_id: str, effective_at: datetime, actor: Actor) -> Source:

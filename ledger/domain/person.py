@@ -87,7 +87,11 @@ class Enrollment:
 
 
 class InsuredPerson(Aggregate):
-    """A resident in the ledger: one active enrollment per coverage year, province-wide."""
+    """A resident in the ledger: one active enrollment per coverage year, province-wide.
+
+    Each command decides everything (and refuses, if it must) before it emits its first event,
+    so a refused fact never leaves a half-changed person behind, even in memory.
+    """
 
     @staticmethod
     def create_id(person_key: str, **_: object) -> UUID:
@@ -172,6 +176,17 @@ class InsuredPerson(Aggregate):
         self._check_request_timing(policy, coverage_year, category, migrant_worker, day)
         subsidy_category, subsidy_fen = self._best_subsidy(policy, coverage_year)
         contribution = funding.individual_contribution_fen
+        terms = None
+        if contribution == subsidy_fen:  # fully subsidised: decided now, before anything changes
+            terms = decide_coverage(
+                policy,
+                coverage_year=coverage_year,
+                category=category,
+                paid_on=day,
+                migrant_worker=migrant_worker,
+                facts=self.facts(),
+            )
+        decided = source.with_policy(policy.version)
         self._enrollment_requested(
             coverage_year=coverage_year,
             category=category,
@@ -182,10 +197,10 @@ class InsuredPerson(Aggregate):
             subsidy_category=subsidy_category,
             subsidy_fen=subsidy_fen,
             due_fen=contribution - subsidy_fen,
-            source=source.with_policy(policy.version),
+            source=decided,
         )
-        if contribution - subsidy_fen == 0:
-            self._complete(policy, coverage_year, day, source)
+        if terms is not None:
+            self._decided(terms, coverage_year, decided)
 
     @event("EnrollmentRequested")
     def _enrollment_requested(

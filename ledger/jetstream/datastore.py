@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -106,6 +106,24 @@ class StreamSpec:
             "allow_atomic": True,
         }
 
+    async def ensure(self, api: Callable[..., Awaitable[dict[str, Any]]], *, create: bool = True) -> None:
+        """Create the stream through the JetStream API ``api(subject, request)`` when missing
+        (if ``create``); raise ``StreamSettingsError`` when it exists with weaker settings."""
+        info = await api(f"$JS.API.STREAM.INFO.{self.name}")
+        if _error_code(info) == STREAM_NOT_FOUND and create:
+            info = await api(f"$JS.API.STREAM.CREATE.{self.name}", self.config())
+            if _error_code(info) == STREAM_NAME_IN_USE:  # created meanwhile by another process
+                info = await api(f"$JS.API.STREAM.INFO.{self.name}")
+        if "error" in info:
+            raise StreamSettingsError(f"stream {self.name}: {info['error'].get('description')}")
+        weaknesses = self.weaknesses(info["config"])
+        if weaknesses:
+            raise StreamSettingsError(
+                f"stream {self.name} exists with settings weaker than the ledger requires: "
+                + "; ".join(weaknesses)
+                + ". Fix the stream (or use another name); the ledger will not use it."
+            )
+
     def weaknesses(self, config: dict[str, Any]) -> list[str]:
         """What in an existing stream's ``config`` falls short of this spec."""
         found = []
@@ -183,22 +201,9 @@ class JetStreamDatastore:
     def ensure_stream(self, spec: StreamSpec, *, create: bool = True) -> None:
         """Create the stream when missing (if ``create``); refuse one with weaker settings."""
         try:
-            info = self.client.run(self.client.api(f"$JS.API.STREAM.INFO.{spec.name}"))
-            if _error_code(info) == STREAM_NOT_FOUND and create:
-                info = self.client.run(self.client.api(f"$JS.API.STREAM.CREATE.{spec.name}", spec.config()))
-                if _error_code(info) == STREAM_NAME_IN_USE:  # created meanwhile by another process
-                    info = self.client.run(self.client.api(f"$JS.API.STREAM.INFO.{spec.name}"))
+            self.client.run(spec.ensure(self.client.api, create=create))
         except NatsUnavailableError as e:
             raise OperationalError(str(e)) from e
-        if "error" in info:
-            raise StreamSettingsError(f"stream {spec.name}: {info['error'].get('description')}")
-        weaknesses = spec.weaknesses(info["config"])
-        if weaknesses:
-            raise StreamSettingsError(
-                f"stream {spec.name} exists with settings weaker than the ledger requires: "
-                + "; ".join(weaknesses)
-                + ". Fix the stream (or use another name); the ledger will not write to it."
-            )
 
     def last_sequence(self, stream: str) -> int:
         info = self._call_api(f"$JS.API.STREAM.INFO.{stream}")

@@ -1,0 +1,79 @@
+"""The streams ingestion needs: UPSTREAM (the facts as sent) and REJECTED (what was refused).
+
+Both are immutable file streams kept without limits; UPSTREAM deduplicates on ``Nats-Msg-Id``
+(= the sender's ``msg_id``) within its window, REJECTED on the upstream message's sequence, so a
+message redelivered after a crash is never rejected twice.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import msgspec
+
+from ledger.jetstream.datastore import StreamSpec
+
+UPSTREAM_SUBJECTS = "upstream.>"
+REJECTED_PREFIX = "ledger.rejected"
+
+
+def upstream_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> StreamSpec:
+    return StreamSpec(
+        name="UPSTREAM", subjects=(UPSTREAM_SUBJECTS,), replicas=replicas, duplicate_window_s=duplicate_window_s
+    )
+
+
+def rejected_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> StreamSpec:
+    return StreamSpec(
+        name="REJECTED",
+        subjects=(f"{REJECTED_PREFIX}.>",),
+        replicas=replicas,
+        duplicate_window_s=duplicate_window_s,
+    )
+
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+    """A refused upstream message as stored on ``ledger.rejected.<reason>`` (contract.md)."""
+
+    msg_id: str | None
+    subject: str
+    reason: str
+    detail: str
+    payload: str
+    """The original bytes, base64."""
+    upstream_seq: int
+    person_key: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        msg_id: str | None,
+        subject: str,
+        reason: str,
+        detail: str,
+        data: bytes,
+        upstream_seq: int,
+        person_key: str | None = None,
+    ) -> Rejection:
+        return cls(
+            msg_id=msg_id,
+            subject=subject,
+            reason=reason,
+            detail=detail,
+            payload=base64.b64encode(data).decode(),
+            upstream_seq=upstream_seq,
+            person_key=person_key,
+        )
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.payload)
+
+    def headers(self) -> dict[str, str]:
+        return {"Nats-Msg-Id": f"rejected/{self.upstream_seq}"}
+
+
+encode_rejection = msgspec.json.Encoder().encode
+decode_rejection: Any = msgspec.json.Decoder(Rejection).decode
