@@ -83,7 +83,7 @@ class IngestService:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Ledger | None,
         broker: NatsBroker,
         settings: IngestSettings | None = None,
         on_batch: Callable[[list[Verdict]], None] | None = None,
@@ -91,7 +91,7 @@ class IngestService:
         self.ledger = ledger
         self.broker = broker
         self.settings = settings = settings or IngestSettings()
-        self.ingestor = Ingestor(ledger, max_deliveries=settings.max_deliveries)
+        self.ingestor = Ingestor(ledger, max_deliveries=settings.max_deliveries)  # type: ignore[arg-type]
         self.stats = IngestStats()
         self._on_batch = on_batch
         self._failures = 0

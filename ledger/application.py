@@ -106,12 +106,12 @@ class Ledger(Application[UUID]):
     ) -> Outcome:
         """``upstream.person.registered``: a resident registered (or re-registered)."""
         resident = self._resident(id_number, occurred_at)
-        key = self.keyer(resident.number)
+        key = self.keyer.key_of(resident)
         person = self._person(key)
-        if person is not None and msg_id in person.seen:
+        source = _source(msg_id, occurred_at, actor)
+        if person is not None and source.fact_key in person.seen:
             return DUPLICATE
         self.policy.district_name(district)
-        source = _source(msg_id, occurred_at, actor)
         details = dict(
             district=district,
             name=name,
@@ -146,11 +146,11 @@ class Ledger(Application[UUID]):
         resident = self._resident(id_number, occurred_at)
         if birth_date is not None and birth_date != resident.birth_date:
             raise Malformed(f"birth_date {birth_date} differs from the ID number's birth date")
-        key = self.keyer(resident.number)
+        key = self.keyer.key_of(resident)
         person = self._person(key)
-        if person is not None and msg_id in person.seen:
-            return DUPLICATE
         source = _source(msg_id, occurred_at, actor)
+        if person is not None and source.fact_key in person.seen:
+            return DUPLICATE
         if person is None:
             self.policy.district_name(district)
             person = self._new_person(key, resident, district, source)
@@ -182,15 +182,15 @@ class Ledger(Application[UUID]):
     ) -> Outcome:
         """``upstream.payment.received``: the individual share paid (cash with a receipt)."""
         resident = self._resident(id_number, occurred_at)
-        key = self.keyer(resident.number)
+        key = self.keyer.key_of(resident)
         person = self._person(key)
         if person is None:
             raise NoEnrollment(f"no enrollment for {coverage_year}: the person is not in the ledger")
-        if msg_id in person.seen:
+        source = _source(msg_id, paid_at, actor, occurred_at)
+        if source.fact_key in person.seen:
             return DUPLICATE
         if amount_fen < 0:
             raise Malformed("a negative amount")
-        source = _source(msg_id, paid_at, actor)
         cash = channel == CASH_CHANNEL
         if cash:
             if not receipt_no or not collector_id:
@@ -241,11 +241,11 @@ class Ledger(Application[UUID]):
     ) -> Outcome:
         """``upstream.subsidy.listed``: a department's roster entry (资助参保)."""
         resident = self._resident(id_number, occurred_at)
-        key = self.keyer(resident.number)
+        key = self.keyer.key_of(resident)
         person = self._person(key)
-        if person is not None and msg_id in person.seen:
-            return DUPLICATE
         source = _source(msg_id, occurred_at, actor)
+        if person is not None and source.fact_key in person.seen:
+            return DUPLICATE
         if person is None:
             # Rosters carry no district, and an ID number's division code is where it was first
             # issued, not where the person lives: the district stays unknown until registration.
@@ -274,9 +274,9 @@ class Ledger(Application[UUID]):
         actor: Actor,
     ) -> Outcome:
         """``upstream.cash.remitted``: a committee's cash handed to the tax office."""
-        source = _source(msg_id, remitted_at, actor)
+        source = _source(msg_id, remitted_at, actor, occurred_at)
         collector = self._collector(collector_id, source)
-        if msg_id in collector.seen:
+        if source.fact_key in collector.seen:
             return DUPLICATE
         collector.remit(voucher_no=voucher_no, amount_fen=amount_fen, receipt_nos=tuple(receipt_nos), source=source)
         return self._save(collector)
@@ -336,7 +336,7 @@ class Ledger(Application[UUID]):
         soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
         touched = [soldier]
         if spouse_resident is not None:
-            spouse_key = self.keyer(spouse_resident.number)
+            spouse_key = self.keyer.key_of(spouse_resident)
             spouse = self._person(spouse_key) or self._new_person(spouse_key, spouse_resident, None, source)
             spouse.register_discharge(discharged_on=discharged_on, as_spouse=True, source=source)
             touched.append(spouse)
@@ -354,7 +354,7 @@ class Ledger(Application[UUID]):
         target: DistrictTarget | None = self._load(target_id(district, coverage_year))
         if target is None:
             target = DistrictTarget(district=district, coverage_year=coverage_year, target_count=target_count, source=source)
-        elif msg_id in target.seen:
+        elif source.fact_key in target.seen:
             return DUPLICATE
         else:
             target.change(target_count=target_count, source=source)
@@ -365,13 +365,13 @@ class Ledger(Application[UUID]):
     def coverage(self, id_number: str, on: date, as_of: datetime | None = None) -> CoverageAnswer:
         """Is this person covered on ``on``? With ``as_of``: as the ledger knew it then."""
         resident = ResidentId.parse(id_number)
-        key = self.keyer(resident.number)
+        key = self.keyer.key_of(resident)
         if as_of is not None:
             return answer_as_of(self.repository.event_store.get(person_id(key)), key, on, as_of)
         return answer(self._person(key), key, on)
 
     def person(self, id_number: str) -> InsuredPerson | None:
-        return self._person(self.keyer(ResidentId.parse(id_number).number))
+        return self._person(self.keyer.key_of(ResidentId.parse(id_number)))
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -418,12 +418,12 @@ class Ledger(Application[UUID]):
     ) -> tuple[InsuredPerson | None, Source]:
         """The person a status change concerns (registered now if unknown); None if duplicate."""
         resident = self._resident(id_number, occurred_at)
-        key = self.keyer(resident.number)
+        key = self.keyer.key_of(resident)
         source = _source(msg_id, occurred_at, actor)
         person = self._person(key)
         if person is None:
             return self._new_person(key, resident, None, source), source
-        return (None if msg_id in person.seen else person), source
+        return (None if source.fact_key in person.seen else person), source
 
     def _collector(self, collector: str, source: Source) -> CashCollector:
         return self._load(collector_id(collector)) or CashCollector(collector=collector, source=source)
@@ -483,9 +483,23 @@ class Ledger(Application[UUID]):
         ids: dict[UUID, None] = {}
         for text in id_numbers:
             try:
-                ids[person_id(self.keyer(ResidentId.parse(text).number))] = None
+                ids[person_id(self.keyer.key_of(ResidentId.parse(text)))] = None
             except Refusal:
                 continue
+        cache = self.repository.cache
+        if cache is not None:
+            for aggregate_id in list(ids):
+                try:
+                    cache.get(aggregate_id)
+                except KeyError:
+                    continue
+                del ids[aggregate_id]  # in memory already: loading it is cheap
+        last_versions = getattr(self.recorder, "last_versions", None)
+        if ids and last_versions is not None:
+            existing = last_versions(list(ids))  # one round trip tells which persons are new
+            for aggregate_id in [i for i in ids if i not in existing]:
+                unit.absent.add(aggregate_id)
+                del ids[aggregate_id]
         if not ids:
             return
 
@@ -533,9 +547,10 @@ class _Unit:
         self.pending_events = 0
 
 
-def _source(msg_id: str, effective_at: datetime, actor: Actor) -> Source:
-    if effective_at.tzinfo is None:
-        raise Malformed("times need an offset (e.g. +08:00)")
+def _source(msg_id: str, effective_at: datetime, actor: Actor, occurred_at: datetime | None = None) -> Source:
+    for moment in (effective_at, occurred_at):
+        if moment is not None and moment.tzinfo is None:
+            raise Malformed("times need an offset (e.g. +08:00)")
     return Source(
         msg_id=msg_id,
         effective_at=effective_at,

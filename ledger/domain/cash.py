@@ -89,7 +89,7 @@ class CashCollector(Aggregate):
     def _cash_received(self, receipt_no: str, amount_fen: int, source: Source) -> None:
         self.held[receipt_no] = HeldReceipt(receipt_no, amount_fen, source.effective_at)
         self.received_fen += amount_fen
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     def remit(self, *, voucher_no: str, amount_fen: int, receipt_nos: tuple[str, ...], source: Source) -> None:
         """A remittance to the tax office. With receipt numbers, they must be held and add up to
@@ -98,7 +98,7 @@ class CashCollector(Aggregate):
             missing = [n for n in receipt_nos if n not in self.held]
             if missing:
                 raise AmountMismatch(f"receipts not held by {self.collector}: {', '.join(missing)}")
-            chosen = list(receipt_nos)
+            chosen = list(dict.fromkeys(receipt_nos))  # a receipt named twice is remitted once
         else:
             chosen, total = [], 0
             for held in sorted(self.held.values(), key=lambda r: r.received_at):
@@ -118,4 +118,4 @@ class CashCollector(Aggregate):
         for number in receipt_nos:
             self.held.pop(number, None)
         self.remitted_fen += amount_fen
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)

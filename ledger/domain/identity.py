@@ -161,8 +161,11 @@ class PersonKeyer:
 
     def __call__(self, number: str) -> str:
         """The person key of ``number``; raises ``InvalidIdNumber`` if it is not a valid one."""
-        normalised = ResidentId.parse(number).number
-        return hmac.new(self._secret, normalised.encode("ascii"), hashlib.sha256).hexdigest()
+        return self.key_of(ResidentId.parse(number))
+
+    def key_of(self, resident: ResidentId) -> str:
+        """The person key of an ID number already parsed (and so valid)."""
+        return hmac.new(self._secret, resident.number.encode("ascii"), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
         return "PersonKeyer(secret=<hidden>)"

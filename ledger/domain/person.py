@@ -14,7 +14,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from ledger.domain.coverage import CoverageTerms, EmployeeSpell, PersonFacts, decide_coverage
+from ledger.domain.coverage import CoverageTerms, EmployeeSpell, PersonFacts, add_months, decide_coverage
 from ledger.domain.policy import RegionPolicy
 from ledger.domain.refusals import (
     AlreadyEnrolled,
@@ -127,7 +127,7 @@ class InsuredPerson(Aggregate):
         self.discharged_on: date | None = None
         self.discharged_as_spouse = False
         self.date_of_death: date | None = None
-        self.seen: set[str] = {source.msg_id}
+        self.seen: set[str] = {source.fact_key}
 
     # ---- registration ---------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class InsuredPerson(Aggregate):
         self.household_id = household_id
         self.residence_permit = residence_permit
         self.hukou_district = hukou_district
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     # ---- enrollment -----------------------------------------------------------------------
 
@@ -232,7 +232,7 @@ class InsuredPerson(Aggregate):
             due_fen=due_fen,
             policy_version=source.policy_version or "",
         )
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     def receive_payment(
         self,
@@ -248,12 +248,12 @@ class InsuredPerson(Aggregate):
         """A payment of the individual share (个人缴费); paid in full, the coverage is decided."""
         day = source.effective_on
         policy.for_coverage_year(coverage_year)
+        self._check_alive(day)
         enrollment = self.enrollments.get(coverage_year)
         if enrollment is None or enrollment.status == ENDED:
             raise NoEnrollment(f"no enrollment for {coverage_year} to pay for")
         if enrollment.status == ENROLLED:
             raise AlreadyEnrolled(f"the {coverage_year} enrollment is already paid")
-        self._check_alive(day)
         if amount_fen != enrollment.outstanding_fen:
             raise AmountMismatch(f"paid {amount_fen} fen, owes {enrollment.outstanding_fen} fen for {coverage_year}")
         terms = self._terms(policy, enrollment, day)
@@ -280,7 +280,7 @@ class InsuredPerson(Aggregate):
         enrollment = self.enrollments[coverage_year]
         enrollment.paid_fen += amount_fen
         enrollment.payments.append(source.msg_id)
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     def _complete(self, policy: RegionPolicy, coverage_year: int, day: date, source: Source) -> None:
         enrollment = self.enrollments[coverage_year]
@@ -325,7 +325,7 @@ class InsuredPerson(Aggregate):
             coverage_start, coverage_end, benefit_start, waiting_months, retroactive, rule
         )
         enrollment.status = ENROLLED
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     # ---- subsidies --------------------------------------------------------------------------
 
@@ -412,7 +412,7 @@ class InsuredPerson(Aggregate):
         source: Source,
     ) -> None:
         self.rosters.append(RosterEntry(coverage_year, subsidy_category, department, roster, listed_on, rate))
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     @event("PremiumReassessed")
     def _premium_reassessed(
@@ -422,7 +422,7 @@ class InsuredPerson(Aggregate):
         enrollment.subsidy_category = subsidy_category
         enrollment.subsidy_fen = subsidy_fen
         enrollment.due_fen = due_fen
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     def _best_subsidy(self, policy: RegionPolicy, coverage_year: int) -> tuple[str | None, int]:
         """The highest-rate roster entry for the year [choice: one subsidy, the highest rate]."""
@@ -475,7 +475,7 @@ class InsuredPerson(Aggregate):
     ) -> None:
         self.employee_spells = [s for s in self.employee_spells if s.insured_from != insured_from]
         self.employee_spells.append(EmployeeSpell(insured_from, insured_until, continuous_months, back_paid_months))
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     @event("EnrollmentCancelled")
     def _enrollment_cancelled(self, coverage_year: int, reason: str, refund_fen: int, source: Source) -> None:
@@ -484,7 +484,7 @@ class InsuredPerson(Aggregate):
         enrollment.ended_reason = reason
         enrollment.ended_on = None  # void from the start: nothing of that year is reimbursed
         enrollment.refund_fen = refund_fen
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     def register_discharge(self, *, discharged_on: date, as_spouse: bool, source: Source) -> None:
         """Discharge from the army this year (退出现役), of the person or of the soldier a
@@ -495,13 +495,20 @@ class InsuredPerson(Aggregate):
     def _discharge_registered(self, discharged_on: date, as_spouse: bool, source: Source) -> None:
         self.discharged_on = discharged_on
         self.discharged_as_spouse = as_spouse
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     def register_death(self, policy: RegionPolicy, *, date_of_death: date, source: Source) -> None:
         """A death registered by public security or civil affairs: coverage ends that day."""
         self._death_registered(date_of_death=date_of_death, source=source)
         source = source.with_policy(policy.version)
         for enrollment in list(self.enrollments.values()):
+            ended_by_death = enrollment.status == ENDED and enrollment.ended_reason == "death"
+            if ended_by_death and enrollment.ended_on != date_of_death:
+                # A corrected date of death moves the end of coverage (a new event, no edit).
+                self._coverage_ended(
+                    coverage_year=enrollment.coverage_year, ended_on=date_of_death, reason="death", source=source
+                )
+                continue
             if not enrollment.active:
                 continue
             if enrollment.terms is None or enrollment.terms.coverage_end >= date_of_death:
@@ -512,7 +519,7 @@ class InsuredPerson(Aggregate):
     @event("DeathRegistered")
     def _death_registered(self, date_of_death: date, source: Source) -> None:
         self.date_of_death = date_of_death
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     @event("CoverageEnded")
     def _coverage_ended(self, coverage_year: int, ended_on: date, reason: str, source: Source) -> None:
@@ -520,7 +527,7 @@ class InsuredPerson(Aggregate):
         enrollment.status = ENDED
         enrollment.ended_on = ended_on
         enrollment.ended_reason = reason
-        self.seen.add(source.msg_id)
+        self.seen.add(source.fact_key)
 
     # ---- checks -----------------------------------------------------------------------------
 
@@ -563,7 +570,14 @@ class InsuredPerson(Aggregate):
         """Refuse at once a request that no payment could ever complete."""
         funding_year = coverage_year - 1
         if day > date(coverage_year, 12, 31):
-            raise OutsideEnrollmentPeriod(f"{day} is after coverage year {coverage_year}")
+            newborn_in_window = (
+                category == "newborn"
+                and self.birth_date.year == coverage_year
+                and day <= add_months(self.birth_date, policy.newborn_window_months)
+            )
+            if not newborn_in_window:  # a December baby may still enroll for its year of birth
+                raise OutsideEnrollmentPeriod(f"{day} is after coverage year {coverage_year}")
+            return
         _, period_end = policy.concentrated_period(funding_year)
         if day <= period_end or category in OUTSIDE_PERIOD_CATEGORIES:
             return

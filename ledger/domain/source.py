@@ -9,9 +9,12 @@ it). Corrections are new events; nothing is edited.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
+
+
+CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +33,28 @@ class Source:
 
     @property
     def effective_on(self) -> date:
-        """The calendar day of ``effective_at`` in the message's own time zone (+08:00)."""
-        return self.effective_at.date()
+        """The calendar day of ``effective_at`` in China Standard Time (UTC+8), whatever offset
+        the message used: periods and deadlines are Hefei days."""
+        return self.effective_at.astimezone(CHINA_STANDARD_TIME).date()
+
+    @property
+    def sender(self) -> str:
+        """Who sent the message: the system and, within it, the channel or organisation."""
+        return f"{self.system}:{self.channel or self.org_id or ''}"
+
+    @property
+    def fact_key(self) -> str:
+        """What identifies the upstream fact: ``msg_id`` is unique only per sender."""
+        return f"{self.sender}#{self.msg_id}"
 
     def with_policy(self, version: str) -> Source:
-        return Source(**{**asdict(self), "policy_version": version})
+        if self.policy_version == version:
+            return self
+        return replace(self, policy_version=version)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, shallowly (``dataclasses.asdict`` deep-copies every value)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(Source))

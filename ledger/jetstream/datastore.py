@@ -60,6 +60,7 @@ STREAM_NAME_IN_USE = 10058
 
 _TOKENS = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
 _READ_PAGE = 1000
+_MULTI_LAST_CHUNK = 250
 _MAX_ATTEMPTS = 8
 _CACHE_LIMIT = 200_000
 
@@ -269,6 +270,17 @@ class JetStreamDatastore:
     def last_message(self, stream: str, subject: str) -> StoredMessage | None:
         found = self.get(stream, {"last_by_subj": subject}, batch=False)
         return found[0] if found else None
+
+    def last_messages(self, stream: str, subjects: Sequence[str]) -> list[StoredMessage]:
+        """The last message of each of ``subjects`` that has one, by batched direct get
+        (``multi_last``), a few hundred subjects a request."""
+        found: list[StoredMessage] = []
+        for start in range(0, len(subjects), _MULTI_LAST_CHUNK):
+            chunk = list(subjects[start : start + _MULTI_LAST_CHUNK])
+            found.extend(self.get(stream, {"multi_last": chunk, "batch": len(chunk)}, batch=True))
+        for m in found:
+            self._remember(m.subject, _Last(_position(m), m.seq))
+        return found
 
     def read_range(self, stream: str, first_seq: int, count: int) -> list[StoredMessage]:
         """Up to ``count`` messages (any subject) from ``first_seq`` on, in stream order."""
