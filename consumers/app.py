@@ -31,6 +31,9 @@ from ledger.application import Ledger
 
 log = logging.getLogger(__name__)
 
+GAP_WAIT = 0.25
+"""Seconds to wait before asking again when earlier messages are still out for redelivery."""
+
 UpstreamMessage = Union[tuple(SCHEMAS.values())]  # type: ignore[valid-type]  # noqa: UP007
 """Any of the contract's upstream messages (documented in the AsyncAPI document)."""
 
@@ -43,7 +46,8 @@ class IngestSettings:
     batch_size: int = 500
     fetch_timeout: float = 0.05
     """Seconds to wait for a batch to fill before handling what came."""
-    ack_wait: float = 30.0
+    ack_wait: float = 10.0
+    """Seconds before an unacknowledged message (its consumer died) is delivered again."""
     max_deliveries: int = 8
     """After this many deliveries a message failing for a non-policy reason is parked."""
     max_backoff: float = 30.0
@@ -95,13 +99,17 @@ class IngestService:
         self.stats = IngestStats()
         self._on_batch = on_batch
         self._failures = 0
+        self._done: int | None = None
         broker.subscriber(
             UPSTREAM_SUBJECTS,
             stream=JStream("UPSTREAM", declare=False),
             durable=settings.durable,
             config=ConsumerConfig(
                 ack_wait=settings.ack_wait,
-                max_ack_pending=max(settings.batch_size * 2, 1000),
+                # Nothing new is delivered while a batch is unacknowledged: when acknowledging
+                # fails (the server went away), that batch is redelivered before any later
+                # message, so a payment never overtakes its enrollment.
+                max_ack_pending=settings.batch_size,
                 deliver_policy=DeliverPolicy.ALL,
             ),
             pull_sub=PullSub(batch_size=settings.batch_size, timeout=settings.fetch_timeout, batch=True),
@@ -114,24 +122,37 @@ class IngestService:
         )(self.handle)
 
     async def handle(self, bodies: Annotated[list[UpstreamMessage], NoCast], message: NatsMessage) -> None:
-        """One pull: apply it, store the rejections, acknowledge what is durable."""
-        raws = message.raw_message
+        """One pull: apply it in stream order, store the rejections, acknowledge what is durable.
+
+        UPSTREAM's sequences have no gaps (it refuses deletes), so a message may be applied only
+        when every earlier one has been: a pull that skips some (they are still out with a
+        consumer that died, awaiting redelivery) is put back until they arrive. This keeps each
+        person's facts in order through crashes and reconnections.
+        """
+        if self._done is None:
+            self._done = await self._ack_floor()
+        ready, later = self._in_order(sorted(message.raw_message, key=lambda m: m.metadata.sequence.stream))
         deliveries = [
-            Delivery(m.subject, m.data, m.metadata.num_delivered, m.metadata.sequence.stream) for m in raws
+            Delivery(m.subject, m.data, m.metadata.num_delivered, m.metadata.sequence.stream) for m in ready
         ]
         try:
-            verdicts = await asyncio.to_thread(self.ingestor.process, deliveries)
+            verdicts = await asyncio.to_thread(self.ingestor.process, deliveries) if deliveries else []
             await self._store_rejections(deliveries, verdicts)
         except Exception as e:  # noqa: BLE001 - nothing is acknowledged: all of it comes again
-            log.warning("batch of %d not handled (%r): redelivering it", len(raws), e)
-            verdicts = [Verdict("retry", detail=repr(e))] * len(raws)
+            log.warning("batch of %d not handled (%r): redelivering it", len(ready), e)
+            verdicts = [Verdict("retry", detail=repr(e))] * len(ready)
         retry = False
-        for raw, verdict in zip(raws, verdicts, strict=True):
+        for raw, verdict in zip(ready, verdicts, strict=True):
             if verdict.final:
                 await raw.ack()
+                seq = raw.metadata.sequence.stream
+                if not retry and seq == self._done + 1:
+                    self._done = seq
             else:
                 retry = True
                 await raw.nak()
+        for raw in later:
+            await raw.nak()
         self.stats.count(verdicts)
         if self._on_batch is not None:
             self._on_batch(verdicts)
@@ -141,6 +162,27 @@ class IngestService:
             await asyncio.sleep(min(self.settings.max_backoff, 0.2 * 2 ** min(self._failures, 8)))
         else:
             self._failures = 0
+            if later:
+                await asyncio.sleep(GAP_WAIT)
+
+    def _in_order(self, raws: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The messages that follow what is done without a gap, and those after a gap."""
+        assert self._done is not None
+        expect = self._done + 1
+        ready: list[Any] = []
+        for index, raw in enumerate(raws):
+            seq = raw.metadata.sequence.stream
+            if seq > expect:
+                return ready, raws[index:]
+            ready.append(raw)
+            expect = max(expect, seq + 1)
+        return ready, []
+
+    async def _ack_floor(self) -> int:
+        """The last stream sequence before which every message has been acknowledged."""
+        nc = self.broker.config.connection_state.connection
+        reply = await nc.request(f"$JS.API.CONSUMER.INFO.UPSTREAM.{self.settings.durable}", b"", timeout=10)
+        return int(msgspec.json.decode(reply.data)["ack_floor"]["stream_seq"])
 
     async def _store_rejections(self, deliveries: list[Delivery], verdicts: list[Verdict]) -> None:
         js = self.broker.config.connection_state.stream

@@ -430,9 +430,15 @@ class Ledger(Application[UUID]):
 
     def _save(self, *aggregates: Any) -> Outcome:
         unit = self._unit
-        if unit is None:
+        if unit is not None:
+            return unit.add(aggregates)
+        try:
             return Outcome(len(self.save(*aggregates)))
-        return unit.add(aggregates)
+        except BaseException:
+            # The aggregates may be the cached objects themselves, changed by this fact: a cache
+            # that kept them would make the retried fact look like a duplicate.
+            self._forget(a.id for a in aggregates)
+            raise
 
     # ---- batches ------------------------------------------------------------------------------
 
@@ -454,7 +460,7 @@ class Ledger(Application[UUID]):
             yield
             self._flush(unit)
         except BaseException:
-            self._forget(unit)
+            self._forget(unit.aggregates)
             raise
         finally:
             self._unit = None
@@ -470,10 +476,11 @@ class Ledger(Application[UUID]):
             self.save(*unit.aggregates.values())
         unit.saved()
 
-    def _forget(self, unit: _Unit) -> None:
+    def _forget(self, aggregate_ids: Iterable[UUID]) -> None:
+        """Drop aggregates from the repository's cache (they may hold unsaved changes)."""
         cache = self.repository.cache
         if cache is not None:
-            for aggregate_id in unit.aggregates:
+            for aggregate_id in aggregate_ids:
                 try:
                     cache.get(aggregate_id, evict=True)
                 except KeyError:

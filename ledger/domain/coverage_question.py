@@ -41,6 +41,13 @@ class CoverageAnswer:
 def answer(person: InsuredPerson | None, person_key: str, day: date, as_of: datetime | None = None) -> CoverageAnswer:
     """Coverage of ``person`` (None: unknown to the ledger) on ``day``."""
     enrollment = _enrollment_for(person, day) if person is not None else None
+    if enrollment is not None and person is not None and person.date_of_death is not None and day > person.date_of_death:
+        return CoverageAnswer(
+            person_key, day, False, False, day.year,
+            *(_terms_of(enrollment)), ENDED,
+            enrollment.subsidy_category if enrollment else None,
+            ended_reason="death", as_of=as_of,
+        )
     if enrollment is None:
         return CoverageAnswer(person_key, day, False, False, day.year, None, None, None, NOT_ENROLLED, None, as_of=as_of)
     terms = enrollment.terms
@@ -73,6 +80,11 @@ def answer_as_of(events: Iterable[Any], person_key: str, day: date, as_of: datet
     known = [e for e in events if e.timestamp <= as_of]
     person = reduce(lambda aggregate, e: e.mutate(aggregate), known, None) if known else None
     return answer(person, person_key, day, as_of)
+
+
+def _terms_of(enrollment: Enrollment | None) -> tuple[date | None, date | None, date | None]:
+    terms = enrollment.terms if enrollment is not None else None
+    return (terms.coverage_start, terms.coverage_end, terms.benefit_start) if terms else (None, None, None)
 
 
 def _enrollment_for(person: InsuredPerson, day: date) -> Enrollment | None:

@@ -24,6 +24,7 @@ from ledger.domain.refusals import (
     NoEnrollment,
     NotEligible,
     OutsideEnrollmentPeriod,
+    Refusal,
 )
 from ledger.domain.source import Source
 
@@ -250,7 +251,11 @@ class InsuredPerson(Aggregate):
         policy.for_coverage_year(coverage_year)
         self._check_alive(day)
         enrollment = self.enrollments.get(coverage_year)
-        if enrollment is None or enrollment.status == ENDED:
+        # An unpaid request ended by a death may still be paid by a payment dated before it.
+        paid_before_death = (
+            enrollment is not None and enrollment.ended_reason == "death" and enrollment.terms is None
+        )
+        if enrollment is None or (enrollment.status == ENDED and not paid_before_death):
             raise NoEnrollment(f"no enrollment for {coverage_year} to pay for")
         if enrollment.status == ENROLLED:
             raise AlreadyEnrolled(f"the {coverage_year} enrollment is already paid")
@@ -287,14 +292,34 @@ class InsuredPerson(Aggregate):
         self._decided(self._terms(policy, enrollment, day), coverage_year, source.with_policy(policy.version))
 
     def _terms(self, policy: RegionPolicy, enrollment: Enrollment, day: date) -> CoverageTerms:
-        return decide_coverage(
-            policy,
-            coverage_year=enrollment.coverage_year,
-            category=enrollment.category,
-            paid_on=day,
-            migrant_worker=enrollment.migrant_worker,
-            facts=self.facts(),
-        )
+        """The coverage of ``enrollment`` completed on ``day``: by the category it was requested
+        under, or else by one the person has come to qualify for since (discharged this year,
+        newly listed on an assistance roster), so that a request left unpaid in the period does
+        not bar what §4 allows during the year."""
+        categories = [enrollment.category, *self._outside_period_qualifications(day)]
+        first_refusal: Refusal | None = None
+        for category in dict.fromkeys(categories):
+            try:
+                return decide_coverage(
+                    policy,
+                    coverage_year=enrollment.coverage_year,
+                    category=category,
+                    paid_on=day,
+                    migrant_worker=enrollment.migrant_worker,
+                    facts=self.facts(),
+                )
+            except (OutsideEnrollmentPeriod, NotEligible) as refusal:
+                first_refusal = first_refusal or refusal
+        assert first_refusal is not None
+        raise first_refusal
+
+    def _outside_period_qualifications(self, day: date) -> list[str]:
+        found = []
+        if self.discharged_on is not None and self.discharged_on.year == day.year:
+            found.append("veteran")
+        if any(r.listed_on.year == day.year and r.listed_on <= day for r in self.rosters):
+            found.append("assistance_new")
+        return found
 
     def _decided(self, terms: CoverageTerms, coverage_year: int, source: Source) -> None:
         self._coverage_decided(
@@ -307,6 +332,9 @@ class InsuredPerson(Aggregate):
             rule=terms.rule,
             source=source,
         )
+        if self.date_of_death is not None and terms.coverage_end >= self.date_of_death:
+            # Paid before a death the ledger already knew of (the payment arrived late).
+            self._coverage_ended(coverage_year=coverage_year, ended_on=self.date_of_death, reason="death", source=source)
 
     @event("CoverageDecided")
     def _coverage_decided(

@@ -438,8 +438,16 @@ class NatsClient:
         if waiter is None or waiter.future.done():
             return
         if not headers or headers[_STATUS_LINE_START : _STATUS_LINE_START + 1] == b" ":
-            # A status instead of a message: 204 end of batch, 404 nothing found, 408 ...
-            waiter.future.set_result(waiter.items)
+            # A status instead of a message. Only 204 (end of batch) and 404 (nothing found) end
+            # a read normally; any other (408, 503 while a restarted server recovers its
+            # streams …) must not pass for "no more messages": that would load a person without
+            # their events.
+            status = headers[_STATUS_LINE_START + 1 : _STATUS_LINE_START + 4] if headers else b""
+            if status in (b"204", b"404"):
+                waiter.future.set_result(waiter.items)
+            else:
+                line = headers.split(b"\r\n", 1)[0].decode(errors="replace") if headers else "no headers"
+                waiter.future.set_exception(NatsUnavailableError(f"direct get answered {line!r}"))
             return
         try:
             waiter.items.append(waiter.convert(DirectReply(RawHeaders(headers), data)))
