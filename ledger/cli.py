@@ -82,13 +82,14 @@ def _parser() -> argparse.ArgumentParser:
         "publish",
         help="publish contract messages from a JSON-lines file",
         description=(
-            "Publish one message per line of FILE (JSON objects, '-' for standard input) on "
-            "SUBJECT (e.g. upstream.payment.received) to the UPSTREAM stream, with Nats-Msg-Id "
+            "Publish one message per line of FILE (JSON objects, '-' for standard input; or a "
+            ".csv file whose header names the contract's fields, e.g. a department's roster) on "
+            "SUBJECT (e.g. upstream.subsidy.listed) to the UPSTREAM stream, with Nats-Msg-Id "
             "set to each message's msg_id, and wait for every acknowledgement."
         ),
     )
     publish.add_argument("subject", help="an upstream subject of the contract")
-    publish.add_argument("file", help="JSON-lines file, or - for standard input")
+    publish.add_argument("file", help="JSON-lines file, a .csv file, or - for standard input")
     publish.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="NATS URL (NATS_URL)")
     publish.set_defaults(run=_publish)
 
@@ -191,10 +192,11 @@ async def ensure_ingest_streams(broker: Any) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    lines = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    lines = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", newline="")  # noqa: SIM115
     with lines:
         started = time.perf_counter()
-        count = asyncio.run(publish_messages(args.nats_url, args.subject, lines, progress=True))
+        rows = csv_messages(args.subject, lines) if args.file.endswith(".csv") else lines
+        count = asyncio.run(publish_messages(args.nats_url, args.subject, rows, progress=True))
     print(f"published {count} messages on {args.subject} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
@@ -239,6 +241,28 @@ async def publish_messages(
     finally:
         await nc.close()
     return count
+
+
+def csv_messages(subject: str, lines: Iterable[str]) -> Iterable[dict[str, Any]]:
+    """Rows of a department's CSV roster (a header line with the contract's field names) as
+    messages of ``subject``: values converted to the schema's types, empty cells left out.
+    Raises ``SystemExit`` naming the line of a row the schema refuses."""
+    import csv
+
+    import msgspec
+
+    from consumers.schemas import SCHEMAS
+
+    schema = SCHEMAS.get(subject)
+    if schema is None:
+        raise SystemExit(f"{subject} is not an upstream subject of the contract")
+    for number, row in enumerate(csv.DictReader(lines), start=2):
+        values = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+        try:
+            message = msgspec.convert(values, type=schema, strict=False)
+        except msgspec.ValidationError as e:
+            raise SystemExit(f"line {number}: {e}") from None
+        yield msgspec.to_builtins(message)
 
 
 def _body(item: str | bytes | dict[str, Any]) -> bytes | None:
