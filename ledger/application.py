@@ -146,14 +146,9 @@ class Ledger(Application[UUID]):
         resident = self._resident(id_number, occurred_at)
         if birth_date is not None and birth_date != resident.birth_date:
             raise Malformed(f"birth_date {birth_date} differs from the ID number's birth date")
-        key = self.keyer.key_of(resident)
-        person = self._person(key)
-        source = _source(msg_id, occurred_at, actor)
-        if person is not None and source.fact_key in person.seen:
-            return DUPLICATE
+        person, source = self._person_for(msg_id, occurred_at, resident, actor, district=district)
         if person is None:
-            self.policy.district_name(district)
-            person = self._new_person(key, resident, district, source)
+            return DUPLICATE
         person.request_enrollment(
             self.policy,
             coverage_year=coverage_year,
@@ -240,16 +235,11 @@ class Ledger(Application[UUID]):
         actor: Actor,
     ) -> Outcome:
         """``upstream.subsidy.listed``: a department's roster entry (资助参保)."""
-        resident = self._resident(id_number, occurred_at)
-        key = self.keyer.key_of(resident)
-        person = self._person(key)
-        source = _source(msg_id, occurred_at, actor)
-        if person is not None and source.fact_key in person.seen:
-            return DUPLICATE
+        # Rosters carry no district, and an ID number's division code is where it was first
+        # issued, not where the person lives: a new person's district stays unknown.
+        person, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
         if person is None:
-            # Rosters carry no district, and an ID number's division code is where it was first
-            # issued, not where the person lives: the district stays unknown until registration.
-            person = self._new_person(key, resident, None, source)
+            return DUPLICATE
         person.list_subsidy(
             self.policy,
             coverage_year=coverage_year,
@@ -283,7 +273,7 @@ class Ledger(Application[UUID]):
 
     def register_death(self, *, msg_id: str, occurred_at: datetime, id_number: str, date_of_death: date, actor: Actor) -> Outcome:
         """``upstream.death.registered``: coverage ends on the date of death."""
-        person, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
+        person, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
         if person is None:
             return DUPLICATE
         person.register_death(self.policy, date_of_death=date_of_death, source=source)
@@ -304,7 +294,7 @@ class Ledger(Application[UUID]):
         """``upstream.employee_insurance.changed``: a spell of employee insurance (职工医保)."""
         if continuous_months < 0 or back_paid_months < 0 or back_paid_months > continuous_months:
             raise Malformed("months must be ≥ 0, back-paid months at most the continuous months")
-        person, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
+        person, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
         if person is None:
             return DUPLICATE
         person.change_employee_insurance(
@@ -330,7 +320,7 @@ class Ledger(Application[UUID]):
         """``upstream.discharge.registered``: a soldier discharged this year, and the non-working
         spouse who followed (随军未就业配偶); both in one save."""
         spouse_resident = self._resident(spouse_id_number, occurred_at) if spouse_id_number else None
-        soldier, source = self._person_for_status(msg_id, occurred_at, id_number, actor)
+        soldier, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
         if soldier is None:
             return DUPLICATE
         soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
@@ -413,16 +403,18 @@ class Ledger(Application[UUID]):
             source=source,
         )
 
-    def _person_for_status(
-        self, msg_id: str, occurred_at: datetime, id_number: str, actor: Actor
+    def _person_for(
+        self, msg_id: str, occurred_at: datetime, resident: ResidentId, actor: Actor, *, district: str | None = None
     ) -> tuple[InsuredPerson | None, Source]:
-        """The person a status change concerns (registered now if unknown); None if duplicate."""
-        resident = self._resident(id_number, occurred_at)
+        """The person a fact concerns — known, or new (in ``district`` when the fact names one) —
+        and the fact's source; no person when this fact was applied before (a duplicate)."""
         key = self.keyer.key_of(resident)
         source = _source(msg_id, occurred_at, actor)
         person = self._person(key)
         if person is None:
-            return self._new_person(key, resident, None, source), source
+            if district is not None:
+                self.policy.district_name(district)
+            return self._new_person(key, resident, district, source), source
         return (None if source.fact_key in person.seen else person), source
 
     def _collector(self, collector: str, source: Source) -> CashCollector:

@@ -47,28 +47,7 @@ def serving(
 ) -> tuple[IngestService, Any]:
     """Run the ingestion service in this process, publish ``messages``, wait until each has an
     outcome, and return the service (and ``then(ledger)``, called while it still runs)."""
-
-    async def run() -> tuple[IngestService, Any]:
-        ledger = await asyncio.to_thread(
-            Ledger,
-            {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url},
-            keyer=PersonKeyer(SECRET.encode()),
-        )
-        broker = NatsBroker(url, logger=None)
-        service = IngestService(ledger, broker, IngestSettings(batch_size=100))
-        await broker.connect()
-        await ensure_ingest_streams(broker)
-        await broker.start()
-        try:
-            await publish_all(url, messages)
-            await _until(lambda: service.stats.done >= len(messages), 60)
-            result = await asyncio.to_thread(then, ledger) if then else None
-        finally:
-            await broker.stop()
-            await asyncio.to_thread(ledger.close)
-        return service, result
-
-    return asyncio.run(run())
+    return _serve_while(url, lambda: publish_all(url, messages), len(messages), then=then)
 
 
 async def _until(condition: Callable[[], bool], timeout: float) -> None:
@@ -204,7 +183,7 @@ def test_the_same_msg_id_sent_twice_has_one_outcome(server: EmbeddedNatsServer) 
                 )
         await nc.close()
 
-    service, _ = _serve_while(server.url, send_twice, 4, then=lambda ledger: None)
+    service, _ = _serve_while(server.url, send_twice, 4)
 
     assert (service.stats.recorded, service.stats.duplicates) == (1, 1), "the stream dropped the retry"
     result = outcomes(server.url)
@@ -277,7 +256,7 @@ def test_one_person_paying_through_two_channels_at_once_ends_consistent(server: 
 
 
 def _serve_while(
-    url: str, publish: Callable[[], Awaitable[None]], expected: int, *, then: Callable[[Ledger], Any]
+    url: str, publish: Callable[[], Awaitable[None]], expected: int, *, then: Callable[[Ledger], Any] | None = None
 ) -> tuple[IngestService, Any]:
     async def run() -> tuple[IngestService, Any]:
         ledger = await asyncio.to_thread(
@@ -291,7 +270,7 @@ def _serve_while(
         try:
             await publish()
             await _until(lambda: service.stats.done >= expected, 60)
-            return service, await asyncio.to_thread(then, ledger)
+            return service, (await asyncio.to_thread(then, ledger) if then else None)
         finally:
             await broker.stop()
             await asyncio.to_thread(ledger.close)
