@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## make bench: the event-store benchmark (bench/store), this store against its baselines.
+## make bench: the benchmarks, each against its baseline in the same run (bench/README.md).
 bench: $(STAMP)
 	$(PY) -m bench.store
+	$(PY) -m bench.ingest
 
 ## make demo: not built yet (issue "make demo"); says so instead of pretending.
 demo: $(STAMP)

@@ -106,10 +106,9 @@ class IngestService:
             durable=settings.durable,
             config=ConsumerConfig(
                 ack_wait=settings.ack_wait,
-                # Nothing new is delivered while a batch is unacknowledged: when acknowledging
-                # fails (the server went away), that batch is redelivered before any later
-                # message, so a payment never overtakes its enrollment.
-                max_ack_pending=settings.batch_size,
+                # Room for the next pull while one is applied. Order does not depend on it:
+                # ``_in_order`` puts back whatever comes after messages still out for redelivery.
+                max_ack_pending=settings.batch_size * 2,
                 deliver_policy=DeliverPolicy.ALL,
             ),
             pull_sub=PullSub(batch_size=settings.batch_size, timeout=settings.fetch_timeout, batch=True),

@@ -1,4 +1,4 @@
-"""The benchmark stays runnable: a quick run finishes and prints every section (no timing checked)."""
+"""The benchmarks stay runnable: a quick run finishes and prints every section (no timing checked)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def test_the_store_benchmark_runs_quickly_and_prints_every_workload() -> None:
         assert section in run.stdout
     assert "store (sync always)" in run.stdout
     assert "raw nats-py (sync always)" in run.stdout
+
+
+def test_the_ingestion_benchmark_runs_quickly_and_prints_both_rates() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "end to end (ledger serve)" in run.stdout
+    assert "raw ceiling (pull + ack only)" in run.stdout
+    assert "ratio end to end ÷ raw ceiling" in run.stdout
+    assert "0 rejections on REJECTED" in run.stdout, "every synthetic message is valid"
