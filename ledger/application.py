@@ -73,6 +73,12 @@ class Ledger(Application[UUID]):
         self.policy = policy or load_policy(DEFAULT_POLICY)
         self.keyer = keyer or self._keyer_from_environment()
         self._unit: _Unit | None = None
+        self._loader: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._loader is not None:
+            self._loader.shutdown()
+        super().close()
 
     def _keyer_from_environment(self) -> PersonKeyer:
         secret = self.env.get(PERSON_KEY_SECRET) or os.environ.get(PERSON_KEY_SECRET)
@@ -508,12 +514,13 @@ class Ledger(Application[UUID]):
             except AggregateNotFoundError:
                 return aggregate_id, None
 
-        with ThreadPoolExecutor(PRELOAD_THREADS) as pool:
-            for aggregate_id, aggregate in pool.map(load, ids):
-                if aggregate is None:
-                    unit.absent.add(aggregate_id)
-                else:
-                    unit.aggregates[aggregate_id] = aggregate
+        if self._loader is None:
+            self._loader = ThreadPoolExecutor(PRELOAD_THREADS, thread_name_prefix="ledger-preload")
+        for aggregate_id, aggregate in self._loader.map(load, ids):
+            if aggregate is None:
+                unit.absent.add(aggregate_id)
+            else:
+                unit.aggregates[aggregate_id] = aggregate
 
 
 FLUSH_EVENTS = 800
