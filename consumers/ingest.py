@@ -4,8 +4,9 @@
 each: ``recorded`` (events saved), ``duplicate`` (its ``msg_id`` was applied before), ``rejected``
 (malformed, or refused by the policy: reason and detail go to the REJECTED stream), or ``retry``
 (a transient failure: the message and every later one of the batch are redelivered, so each
-person's facts stay in order). A message that keeps failing for a reason that is not the
-policy's is parked as ``rejected`` with reason ``unprocessable`` after ``max_deliveries``.
+person's facts stay in order). Store and conflict failures are retried as long as they last; a
+message that keeps failing for any other reason (a bug) is parked as ``rejected`` with reason
+``unprocessable`` after ``max_deliveries``.
 
 It is synchronous (the ``Ledger`` is) and meant to run in one worker thread.
 """
@@ -18,6 +19,8 @@ from typing import Literal
 
 import msgspec
 
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+
 from consumers.commands import apply
 from consumers.schemas import Upstream, decode
 from ledger.application import Ledger
@@ -26,6 +29,10 @@ from ledger.domain.refusals import Refusal
 log = logging.getLogger(__name__)
 
 UNPROCESSABLE = "unprocessable"
+
+TRANSIENT = (OperationalError, IntegrityError, InterfaceError, TimeoutError, ConnectionError)
+"""Failures of the store or of a concurrent writer: retried for as long as they last, never
+turned into a rejection (only a message failing for any other reason is ever parked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +94,7 @@ class Ingestor:
             try:
                 verdicts.append(self._apply(message))
             except Exception as e:  # noqa: BLE001 - store unreachable, conflict, or a bug
-                if delivery.deliveries >= self.max_deliveries:
+                if delivery.deliveries >= self.max_deliveries and not isinstance(e, TRANSIENT):
                     log.error("parking %s after %d deliveries: %r", message.msg_id, delivery.deliveries, e)
                     verdicts.append(Verdict("rejected", message.msg_id, reason=UNPROCESSABLE, detail=repr(e)[:500]))
                     continue

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import OperationalError
 
 from consumers.ingest import UNPROCESSABLE, Delivery, Ingestor
 from ledger.application import Actor, Ledger
@@ -33,10 +34,17 @@ def payment(msg_id: str, id_number: str, deliveries: int = 1) -> Delivery:
 
 
 class BrokenPayments(Ledger):
-    """A ledger whose payments fail for a reason that is not the policy's (a bug, an outage)."""
+    """A ledger whose payments fail for a reason that is not the policy's (a bug)."""
 
     def receive_payment(self, **kwargs: Any) -> Any:
         raise RuntimeError("payment service bug")
+
+
+class UnreachablePayments(Ledger):
+    """A ledger whose store cannot be reached for payments (an outage)."""
+
+    def receive_payment(self, **kwargs: Any) -> Any:
+        raise OperationalError("cannot connect to NATS")
 
 
 @pytest.fixture
@@ -69,6 +77,15 @@ def test_a_message_failing_for_a_non_policy_reason_is_parked_after_max_deliverie
     assert verdicts[0].kind == "rejected" and verdicts[0].reason == UNPROCESSABLE
     assert "payment service bug" in (verdicts[0].detail or "")
     assert verdicts[1].kind == "recorded", "the queue moves on"
+
+
+def test_an_outage_is_retried_however_long_it_lasts_never_parked(store_env: dict[str, str]) -> None:
+    ledger = UnreachablePayments(store_env, keyer=PersonKeyer(SECRET.encode()))
+    try:
+        verdicts = Ingestor(ledger, max_deliveries=3).process([payment("p1", ALICE, deliveries=50)])
+    finally:
+        ledger.close()
+    assert [v.kind for v in verdicts] == ["retry"]
 
 
 def test_a_conflicting_write_by_another_process_is_retried_and_ends_correct(store_env: dict[str, str]) -> None:
