@@ -178,10 +178,14 @@ class IngestService:
         return ready, []
 
     async def _ack_floor(self) -> int:
-        """The last stream sequence before which every message has been acknowledged."""
+        """The last stream sequence up to which every message has been acknowledged (or, before
+        any, the one before the stream's first message)."""
         nc = self.broker.config.connection_state.connection
-        reply = await nc.request(f"$JS.API.CONSUMER.INFO.UPSTREAM.{self.settings.durable}", b"", timeout=10)
-        return int(msgspec.json.decode(reply.data)["ack_floor"]["stream_seq"])
+        consumer = await nc.request(f"$JS.API.CONSUMER.INFO.UPSTREAM.{self.settings.durable}", b"", timeout=10)
+        stream = await nc.request("$JS.API.STREAM.INFO.UPSTREAM", b"", timeout=10)
+        acked = int(msgspec.json.decode(consumer.data)["ack_floor"]["stream_seq"])
+        first = int(msgspec.json.decode(stream.data)["state"]["first_seq"])
+        return max(acked, first - 1)
 
     async def _store_rejections(self, deliveries: list[Delivery], verdicts: list[Verdict]) -> None:
         js = self.broker.config.connection_state.stream
