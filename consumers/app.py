@@ -222,7 +222,8 @@ def asyncapi_document(service: IngestService) -> dict[str, Any]:
         version="1.0.0",
         description=(
             "Upstream systems publish the facts of contract.md on upstream.<fact>; the ledger "
-            "consumes them in order and rejects bad ones onto ledger.rejected.<reason>."
+            "consumes them in order and rejects bad ones onto ledger.rejected.<reason>. "
+            "Downstream services ask coverage.query."
         ),
     )
     return msgspec.json.decode(msgspec.json.encode(spec.to_specification().to_jsonable()))

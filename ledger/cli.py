@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
             "Run the ledger service. Without --nats-url it starts an embedded nats-server with "
             "its data under DATA_DIR/nats and prints its URL. Creates the streams it needs "
             "(LEDGER, UPSTREAM, REJECTED) if missing and refuses existing ones with weaker "
-            "settings; consumes upstream.> in order; stops gracefully on SIGINT/SIGTERM."
+            "settings; consumes upstream.> in order; answers coverage.query; stops gracefully "
+            "on SIGINT/SIGTERM."
         ),
     )
     serve.add_argument("--nats-url", default=os.environ.get("NATS_URL"), help="NATS server URL(s) (NATS_URL)")
@@ -111,6 +112,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     from consumers.app import IngestService, IngestSettings
     from ledger.jetstream.server import EmbeddedNatsServer
+    from projections.queries import CoverageQueryService
 
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +131,7 @@ async def serve(args: argparse.Namespace) -> int:
         ledger = await asyncio.to_thread(build_ledger, url, data_dir, args.policy, embedded=server is not None)
         broker = NatsBroker(url, logger=None)
         service = IngestService(ledger, broker, IngestSettings(batch_size=args.batch_size))
+        CoverageQueryService(ledger, broker)
         await broker.connect()
         await ensure_ingest_streams(broker)
         await broker.start()
@@ -291,8 +294,11 @@ def asyncapi_text() -> str:
     from faststream.nats import NatsBroker
 
     from consumers.app import IngestService, asyncapi_document
+    from projections.queries import CoverageQueryService
 
-    service = IngestService(None, NatsBroker("nats://127.0.0.1:4222", logger=None))
+    broker = NatsBroker("nats://127.0.0.1:4222", logger=None)
+    service = IngestService(None, broker)
+    CoverageQueryService(None, broker)
     return json.dumps(asyncapi_document(service), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
