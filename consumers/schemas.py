@@ -52,15 +52,14 @@ SubsidyCategory = Literal[
 ]
 
 
-class Upstream(msgspec.Struct, frozen=True, kw_only=True):
-    """What every upstream message carries."""
+class Documented(msgspec.Struct, frozen=True, kw_only=True):
+    """A message FastStream can document (AsyncAPI).
 
-    msg_id: Text
-    occurred_at: Time
+    FastStream documents handlers through pydantic, which does not know msgspec Structs: these
+    two hooks hand it the JSON schema msgspec derives from the Struct itself, so the document
+    describes exactly what is decoded.
+    """
 
-    # FastStream documents handlers (AsyncAPI) through pydantic, which does not know msgspec
-    # Structs: these two hooks hand it the JSON schema msgspec derives from the Struct itself, so
-    # the document describes exactly what ``decode`` accepts.
     @classmethod
     def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> Any:
         from pydantic_core import core_schema
@@ -71,6 +70,13 @@ class Upstream(msgspec.Struct, frozen=True, kw_only=True):
     def __get_pydantic_json_schema__(cls, _core: Any, _handler: Any) -> dict[str, Any]:
         _, components = msgspec.json.schema_components([cls], ref_template="#/$defs/{name}")
         return dict(components[cls.__name__])
+
+
+class Upstream(Documented, frozen=True, kw_only=True):
+    """What every upstream message carries."""
+
+    msg_id: Text
+    occurred_at: Time
 
 
 class PersonRegistered(Upstream, frozen=True, kw_only=True):

@@ -10,37 +10,26 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from faststream.params import NoCast
 
+from consumers.schemas import Documented
 from ledger.application import Ledger
 from ledger.domain.refusals import Malformed, Refusal
 
 COVERAGE_QUERY = "coverage.query"
 
 
-class CoverageRequest(msgspec.Struct, frozen=True, kw_only=True):
+class CoverageRequest(Documented, frozen=True, kw_only=True):
     """A coverage question: ``as_of`` asks what the ledger knew at that recorded time."""
 
     id_number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     date: date
     as_of: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
-
-    # AsyncAPI documentation through FastStream (see consumers.schemas.Upstream).
-    @classmethod
-    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> Any:
-        from pydantic_core import core_schema
-
-        return core_schema.any_schema()
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, _core: Any, _handler: Any) -> dict[str, Any]:
-        _, components = msgspec.json.schema_components([cls], ref_template="#/$defs/{name}")
-        return dict(components[cls.__name__])
 
 
 class CoverageReply(msgspec.Struct, frozen=True, kw_only=True):
