@@ -32,24 +32,6 @@ class CoverageRequest(Documented, frozen=True, kw_only=True):
     as_of: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
 
 
-class CoverageReply(msgspec.Struct, frozen=True, kw_only=True):
-    """The coverage reply of the contract."""
-
-    person_key: str
-    date: date
-    covered: bool
-    in_waiting_period: bool
-    coverage_year: int
-    coverage_start: date | None
-    coverage_end: date | None
-    benefit_start: date | None
-    status: str
-    subsidy_category: str | None
-    ended_reason: str | None
-    ledger_seq: int | None
-    as_of: datetime | None
-
-
 _decode_request = msgspec.json.Decoder(CoverageRequest).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -64,23 +46,9 @@ def answer_query(ledger: Ledger, data: bytes) -> bytes:
         answer = ledger.coverage(request.id_number, request.date, as_of=request.as_of)
     except Refusal as refusal:
         return _encode({"error": refusal.reason, "detail": refusal.detail})
-    return _encode(
-        CoverageReply(
-            person_key=answer.person_key,
-            date=answer.date,
-            covered=answer.covered,
-            in_waiting_period=answer.in_waiting_period,
-            coverage_year=answer.coverage_year,
-            coverage_start=answer.coverage_start,
-            coverage_end=answer.coverage_end,
-            benefit_start=answer.benefit_start,
-            status=answer.status,
-            subsidy_category=answer.subsidy_category,
-            ended_reason=answer.ended_reason,
-            ledger_seq=ledger.recorder.max_notification_id(),
-            as_of=answer.as_of,
-        )
-    )
+    reply = msgspec.to_builtins(answer)  # the contract's coverage reply, field for field
+    reply["ledger_seq"] = ledger.recorder.max_notification_id()
+    return _encode(reply)
 
 
 class CoverageQueryService:
