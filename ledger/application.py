@@ -243,7 +243,7 @@ class Ledger(Application[UUID]):
         """``upstream.subsidy.listed``: a department's roster entry (资助参保)."""
         # Rosters carry no district, and an ID number's division code is where it was first
         # issued, not where the person lives: a new person's district stays unknown.
-        person, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
+        person, source = self._person_for(msg_id, occurred_at, id_number, actor)
         if person is None:
             return DUPLICATE
         person.list_subsidy(
@@ -279,7 +279,7 @@ class Ledger(Application[UUID]):
 
     def register_death(self, *, msg_id: str, occurred_at: datetime, id_number: str, date_of_death: date, actor: Actor) -> Outcome:
         """``upstream.death.registered``: coverage ends on the date of death."""
-        person, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
+        person, source = self._person_for(msg_id, occurred_at, id_number, actor)
         if person is None:
             return DUPLICATE
         person.register_death(self.policy, date_of_death=date_of_death, source=source)
@@ -300,7 +300,7 @@ class Ledger(Application[UUID]):
         """``upstream.employee_insurance.changed``: a spell of employee insurance (职工医保)."""
         if continuous_months < 0 or back_paid_months < 0 or back_paid_months > continuous_months:
             raise Malformed("months must be ≥ 0, back-paid months at most the continuous months")
-        person, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
+        person, source = self._person_for(msg_id, occurred_at, id_number, actor)
         if person is None:
             return DUPLICATE
         person.change_employee_insurance(
@@ -326,7 +326,7 @@ class Ledger(Application[UUID]):
         """``upstream.discharge.registered``: a soldier discharged this year, and the non-working
         spouse who followed (随军未就业配偶); both in one save."""
         spouse_resident = self._resident(spouse_id_number, occurred_at) if spouse_id_number else None
-        soldier, source = self._person_for(msg_id, occurred_at, self._resident(id_number, occurred_at), actor)
+        soldier, source = self._person_for(msg_id, occurred_at, id_number, actor)
         if soldier is None:
             return DUPLICATE
         soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
@@ -410,10 +410,19 @@ class Ledger(Application[UUID]):
         )
 
     def _person_for(
-        self, msg_id: str, occurred_at: datetime, resident: ResidentId, actor: Actor, *, district: str | None = None
+        self,
+        msg_id: str,
+        occurred_at: datetime,
+        resident: ResidentId | str,
+        actor: Actor,
+        *,
+        district: str | None = None,
     ) -> tuple[InsuredPerson | None, Source]:
         """The person a fact concerns — known, or new (in ``district`` when the fact names one) —
-        and the fact's source; no person when this fact was applied before (a duplicate)."""
+        and the fact's source; no person when this fact was applied before (a duplicate).
+        ``resident`` is the parsed ID number, or its text (parsed against the message date)."""
+        if isinstance(resident, str):
+            resident = self._resident(resident, occurred_at)
         key = self.keyer.key_of(resident)
         source = _source(msg_id, occurred_at, actor)
         person = self._person(key)

@@ -115,12 +115,7 @@ class InsuredPerson(Aggregate):
         self.person_key = person_key
         self.birth_date = birth_date
         self.sex = sex
-        self.district = district
-        self.name = name
-        self.phone = phone
-        self.household_id = household_id
-        self.residence_permit = residence_permit
-        self.hukou_district = hukou_district
+        self._set_registration(district, name, phone, household_id, residence_permit, hukou_district)
         self.enrollments: dict[int, Enrollment] = {}
         self.ended_enrollments: list[Enrollment] = []
         self.rosters: list[RosterEntry] = []
@@ -143,13 +138,24 @@ class InsuredPerson(Aggregate):
         hukou_district: str | None,
         source: Source,
     ) -> None:
+        self._set_registration(district, name, phone, household_id, residence_permit, hukou_district)
+        self.seen.add(source.fact_key)
+
+    def _set_registration(
+        self,
+        district: str | None,
+        name: str | None,
+        phone: str | None,
+        household_id: str | None,
+        residence_permit: bool,
+        hukou_district: str | None,
+    ) -> None:
         self.district = district
         self.name = name
         self.phone = phone
         self.household_id = household_id
         self.residence_permit = residence_permit
         self.hukou_district = hukou_district
-        self.seen.add(source.fact_key)
 
     # ---- enrollment -----------------------------------------------------------------------
 
