@@ -1,0 +1,319 @@
+"""Fraud flags (domain.md §8; national 医保发〔2021〕32号 §六 "三假"): nine named rules.
+
+A flag is a pointer for an auditor, not a verdict: each names its rule, the thresholds it used
+(from the policy file's ``[fraud]`` table and cash rule) and the evidence behind it, as ledger
+sequences (``ledger``) and REJECTED sequences (``rejected``). A flag is raised once per rule,
+subject and position (the primary key), so replaying the same events raises the same flags.
+
+| rule | raised when |
+|---|---|
+| ``after_death`` | a fact about a person takes effect after their registered death (recorded, or refused as ``deceased``) |
+| ``backdated`` | an effect dated more than ``backdated_days`` before the ledger recorded it, or coverage decided retroactively |
+| ``double_enrollment`` | an enrollment cancelled as a duplicate of employee insurance, or a second enrollment for a year refused (``already_enrolled``, ``in_employee_insurance``) |
+| ``subsidy_mismatch`` | an enrollment priced with a subsidy category the person has no roster entry for, or an amount or rate other than the policy's |
+| ``receipt_reused`` | a cash receipt number presented a second time (refused as ``duplicate_receipt``) |
+| ``cash_unremitted`` | a collector holding cash longer than ``cash_remit_days``, or more than ``cash_remit_fen`` |
+| ``shared_contact`` | one phone number, or one payer account, behind more than ``phone_max_people`` / ``payer_account_max_people`` people of different households |
+| ``operator_anomaly`` | an operator enrolling outside the district of their first enrollment, or more than ``operator_burst_per_hour`` enrollments within an hour |
+| ``adverse_selection`` | an enrollment outside the concentrated period whose benefits start within ``adverse_selection_days`` of the request |
+
+About ``adverse_selection`` (§8.9, "right before heavy use of coverage"): the ledger receives no
+claims, so it cannot see the use itself. It flags the exposure instead: outside-period
+enrollments whose coverage is usable almost at once (no waiting period to deter buying insurance
+on the way to hospital). The threshold is the policy's ``adverse_selection_days``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from ledger.domain.cash import CashCollector
+from ledger.domain.person import OUTSIDE_PERIOD_CATEGORIES, InsuredPerson
+from ledger.domain.policy import NoPolicyForYear, RegionPolicy
+from projections.views import LedgerViews
+
+_encode = msgspec.json.Encoder().encode
+
+RULES = (
+    "after_death",
+    "backdated",
+    "double_enrollment",
+    "subsidy_mismatch",
+    "receipt_reused",
+    "cash_unremitted",
+    "shared_contact",
+    "operator_anomaly",
+    "adverse_selection",
+)
+
+_DEATH_EFFECTS = frozenset({"DeathRegistered", "CoverageEnded"})
+"""Events that follow from a death itself, never flagged as ``after_death``."""
+
+_REJECTION_RULES = {
+    "deceased": "after_death",
+    "duplicate_receipt": "receipt_reused",
+    "already_enrolled": "double_enrollment",
+    "in_employee_insurance": "double_enrollment",
+}
+
+
+class FraudRules:
+    """Evaluates the rules event by event and stages flags in the views (same transaction)."""
+
+    def __init__(self, policy: RegionPolicy, view: LedgerViews) -> None:
+        self.policy = policy
+        self.thresholds = policy.fraud
+        self.view = view
+        self.deaths: dict[str, int] = {}
+        self.contacts: dict[tuple[str, str], dict[str, tuple[str | None, int]]] = {}
+        self.operators: dict[str, tuple[str | None, list[float]]] = {}
+
+    # ---- raising ----------------------------------------------------------------------------
+
+    def raise_flag(
+        self,
+        rule: str,
+        subject_key: str,
+        position: str,
+        detail: str,
+        *,
+        parameters: dict[str, Any],
+        ledger: list[int] = (),  # type: ignore[assignment]
+        rejected: list[int] = (),  # type: ignore[assignment]
+        coverage_year: int | None = None,
+        raised_at: datetime | None = None,
+    ) -> None:
+        evidence = {"ledger": sorted(set(ledger)), "rejected": sorted(set(rejected))}
+        self.view.stage(
+            "flags",
+            (
+                rule, subject_key, position, coverage_year, detail,
+                _encode(parameters).decode(), _encode(evidence).decode(),
+                raised_at.isoformat() if raised_at else None,
+            ),
+        )
+
+    # ---- person events ----------------------------------------------------------------------
+
+    def on_person_event(self, event: Any, person: InsuredPerson, seq: int, died_before: Any) -> None:
+        kind = type(event).__name__
+        source = event.source
+        key = person.person_key
+        year = getattr(event, "coverage_year", None)
+        if kind == "DeathRegistered":
+            self.deaths[key] = seq
+        if died_before is not None and kind not in _DEATH_EFFECTS and source.effective_on > died_before:
+            self.raise_flag(
+                "after_death", key, str(seq),
+                f"{kind} effective {source.effective_on} after the death registered for {died_before}",
+                parameters={}, ledger=[self._death_seq(key), seq], coverage_year=year, raised_at=event.timestamp,
+            )
+        self._backdated(event, kind, key, seq, year)
+        if kind == "EnrollmentCancelled" and event.reason == "duplicate_employee_insurance":
+            self.raise_flag(
+                "double_enrollment", key, str(seq),
+                f"the {year} resident enrollment overlapped employee insurance and was cancelled",
+                parameters={}, ledger=[seq], coverage_year=year, raised_at=event.timestamp,
+            )
+        if kind in ("EnrollmentRequested", "PremiumReassessed"):
+            self._subsidy(event, kind, person, seq)
+        if kind == "SubsidyListed":
+            self._roster_rate(event, person, seq)
+        if kind == "Registered" or kind == "RegistrationUpdated":
+            if event.phone:
+                self._contact("phone", event.phone, person, seq, self.thresholds.phone_max_people, event.timestamp)
+        if kind == "PaymentReceived" and event.payer_account:
+            self._contact(
+                "payer_account", event.payer_account, person, seq, self.thresholds.payer_account_max_people, event.timestamp
+            )
+        if kind == "EnrollmentRequested" and source.operator_id:
+            self._operator(event, person, seq)
+        if kind == "CoverageDecided":
+            self._adverse_selection(event, person, seq)
+
+    def _death_seq(self, person_key: str) -> int:
+        seq = self.deaths.get(person_key)
+        if seq is None:
+            rows = self.view.db.query(
+                "SELECT MAX(ledger_seq) FROM audit WHERE subject_key = ? AND event = 'DeathRegistered'", (person_key,)
+            )
+            seq = rows[0][0] if rows and rows[0][0] is not None else 0
+            self.deaths[person_key] = seq
+        return seq
+
+    def _backdated(self, event: Any, kind: str, key: str, seq: int, year: int | None) -> None:
+        days = self.thresholds.backdated_days
+        lag = event.timestamp - event.source.effective_at
+        if kind == "CoverageDecided" and event.retroactive:
+            self.raise_flag(
+                "backdated", key, str(seq),
+                f"coverage for {year} decided retroactively from {event.coverage_start} (rule {event.rule})",
+                parameters={"backdated_days": days}, ledger=[seq], coverage_year=year, raised_at=event.timestamp,
+            )
+        elif lag > timedelta(days=days):
+            self.raise_flag(
+                "backdated", key, str(seq),
+                f"{kind} effective {event.source.effective_at.isoformat()} recorded {lag.days} days later",
+                parameters={"backdated_days": days}, ledger=[seq], coverage_year=year, raised_at=event.timestamp,
+            )
+
+    def _subsidy(self, event: Any, kind: str, person: InsuredPerson, seq: int) -> None:
+        category = event.subsidy_category
+        if category is None:
+            return
+        year = event.coverage_year
+        listed = [r for r in person.rosters if r.coverage_year == year and r.subsidy_category == category]
+        if not listed:
+            self.raise_flag(
+                "subsidy_mismatch", person.person_key, str(seq),
+                f"{kind} for {year} with subsidy {category!r} but no roster lists the person so",
+                parameters={}, ledger=[seq], coverage_year=year, raised_at=event.timestamp,
+            )
+            return
+        try:
+            expected = self.policy.subsidy_fen(year - 1, category)
+        except (NoPolicyForYear, KeyError, ValueError):
+            return
+        if event.subsidy_fen != expected:
+            self.raise_flag(
+                "subsidy_mismatch", person.person_key, str(seq),
+                f"subsidy {event.subsidy_fen} fen for {category!r} in {year}; the policy gives {expected} fen",
+                parameters={"policy_version": self.policy.version}, ledger=[seq], coverage_year=year,
+                raised_at=event.timestamp,
+            )
+
+    def _roster_rate(self, event: Any, person: InsuredPerson, seq: int) -> None:
+        try:
+            expected = self.policy.subsidy_rate(event.coverage_year - 1, event.subsidy_category)
+        except (NoPolicyForYear, KeyError, ValueError):
+            return
+        if event.rate != expected:
+            self.raise_flag(
+                "subsidy_mismatch", person.person_key, str(seq),
+                f"roster {event.roster} lists {event.subsidy_category!r} at {event.rate}%; the policy says {expected}%",
+                parameters={"policy_version": self.policy.version}, ledger=[seq],
+                coverage_year=event.coverage_year, raised_at=event.timestamp,
+            )
+
+    def _contact(self, kind: str, value: str, person: InsuredPerson, seq: int, limit: int, at: datetime) -> None:
+        people = self.contacts.get((kind, value))
+        if people is None:
+            rows = self.view.db.query(
+                "SELECT person_key, household_id, ledger_seq FROM contacts WHERE kind = ? AND value = ?", (kind, value)
+            )
+            people = self.contacts[(kind, value)] = {k: (h, s) for k, h, s in rows}
+        key = person.person_key
+        if key in people and people[key][0] == person.household_id:
+            return
+        people[key] = (person.household_id, seq)
+        self.view.stage("contacts", (kind, value, key, person.household_id, seq))
+        households = {household or f"person:{k}" for k, (household, _) in people.items()}
+        if len(households) > limit:
+            parameter = "phone_max_people" if kind == "phone" else "payer_account_max_people"
+            self.raise_flag(
+                "shared_contact", key, str(seq),
+                f"one {kind.replace('_', ' ')} behind {len(people)} people of {len(households)} households",
+                parameters={parameter: limit, "kind": kind},
+                ledger=[s for _, s in people.values()], raised_at=at,
+            )
+
+    def _operator(self, event: Any, person: InsuredPerson, seq: int) -> None:
+        operator = event.source.operator_id
+        state = self.operators.get(operator)
+        if state is None:
+            rows = self.view.db.query("SELECT home_district, recent FROM operators WHERE operator_id = ?", (operator,))
+            state = (rows[0][0], json.loads(rows[0][1])) if rows else (None, [])
+        home, recent = state
+        district = event.district or person.district
+        if home is None:
+            home = district
+        elif district is not None and district != home:
+            self.raise_flag(
+                "operator_anomaly", f"operator:{operator}", str(seq),
+                f"operator {operator} (district {home}) enrolled person {person.person_key} in district {district}",
+                parameters={}, ledger=[seq], coverage_year=event.coverage_year, raised_at=event.timestamp,
+            )
+        moment = event.source.effective_at.timestamp()
+        recent = [t for t in recent if moment - 3600 < t <= moment] + [moment]
+        limit = self.thresholds.operator_burst_per_hour
+        if len(recent) == limit + 1:  # once per burst: when it goes over the limit
+            self.raise_flag(
+                "operator_anomaly", f"operator:{operator}", str(seq),
+                f"operator {operator} recorded {len(recent)} enrollments within one hour",
+                parameters={"operator_burst_per_hour": limit}, ledger=[seq], coverage_year=event.coverage_year,
+                raised_at=event.timestamp,
+            )
+        recent = recent[-(limit + 1):]
+        self.operators[operator] = (home, recent)
+        self.view.stage("operators", (operator, home, json.dumps(recent)))
+
+    def _adverse_selection(self, event: Any, person: InsuredPerson, seq: int) -> None:
+        enrollment = person.enrollments.get(event.coverage_year)
+        if enrollment is None:
+            return
+        try:
+            _, period_end = self.policy.concentrated_period(event.coverage_year - 1)
+        except (NoPolicyForYear, KeyError, ValueError):
+            return
+        outside = enrollment.category in OUTSIDE_PERIOD_CATEGORIES or enrollment.requested_on > period_end
+        days = self.thresholds.adverse_selection_days
+        if outside and (event.benefit_start - enrollment.requested_on).days <= days:
+            self.raise_flag(
+                "adverse_selection", person.person_key, str(seq),
+                f"enrolled {enrollment.requested_on} outside the concentrated period ({enrollment.category}); "
+                f"benefits from {event.benefit_start}",
+                parameters={"adverse_selection_days": days}, ledger=[seq], coverage_year=event.coverage_year,
+                raised_at=event.timestamp,
+            )
+
+    # ---- cash -------------------------------------------------------------------------------
+
+    def on_collector_event(self, event: Any, collector: CashCollector, seq: int) -> None:
+        if type(event).__name__ != "CashReceived":
+            return
+        day = event.source.effective_on
+        days, limit = self.policy.cash_remit_days, self.policy.cash_remit_fen
+        oldest = collector.oldest_unremitted()
+        subject = f"collector:{collector.collector}"
+        if oldest is not None and collector.remittance_overdue(day, days=days):
+            self.raise_flag(
+                "cash_unremitted", subject, f"receipt:{oldest.receipt_no}",
+                f"receipt {oldest.receipt_no} collected {oldest.received_at.date()} still not remitted on {day}",
+                parameters={"cash_remit_days": days}, ledger=[seq], raised_at=event.timestamp,
+            )
+        before = collector.balance_fen - event.amount_fen
+        if before <= limit < collector.balance_fen:
+            self.raise_flag(
+                "cash_unremitted", subject, str(seq),
+                f"holding {collector.balance_fen} fen, above the {limit} fen limit",
+                parameters={"cash_remit_fen": limit}, ledger=[seq], raised_at=event.timestamp,
+            )
+
+    def on_day(self, day: Any, collectors: Any, seq: int, at: datetime) -> None:
+        """Time passes in the ledger by the effective dates of its events: on each new day, a
+        collector who stopped collecting but still holds cash is found overdue too."""
+        days = self.policy.cash_remit_days
+        for collector in collectors:
+            oldest = collector.oldest_unremitted()
+            if oldest is not None and collector.remittance_overdue(day, days=days):
+                self.raise_flag(
+                    "cash_unremitted", f"collector:{collector.collector}", f"receipt:{oldest.receipt_no}",
+                    f"receipt {oldest.receipt_no} collected {oldest.received_at.date()} still not remitted on {day}",
+                    parameters={"cash_remit_days": days}, ledger=[seq], raised_at=at,
+                )
+
+    # ---- rejections -------------------------------------------------------------------------
+
+    def on_rejection(self, reason: str, person_key: str | None, rejected_seq: int, detail: str, at: datetime | None) -> None:
+        rule = _REJECTION_RULES.get(reason)
+        if rule is None or person_key is None:
+            return
+        ledger = [self._death_seq(person_key)] if rule == "after_death" else []
+        self.raise_flag(
+            rule, person_key, f"R{rejected_seq}", f"refused as {reason}: {detail}",
+            parameters={}, ledger=[s for s in ledger if s], rejected=[rejected_seq], raised_at=at,
+        )

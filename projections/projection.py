@@ -1,0 +1,309 @@
+"""The ledger's projection: LEDGER events, in stream order, into the views of ``views.py``.
+
+The projection does not re-implement the rules. For each person event it folds the event into
+the person (``event.mutate``: the aggregate's own event method), then writes the rows the
+person now implies: the coverage row of the coverage year the event touched (with the domain's
+terms: start, end, benefit start, waiting period, rule), the person row, the audit row, and the
+fraud flags (``fraud.py``). Persons stay in an LRU cache; one not in it (after a restart, or
+evicted) is read from the event store **as of the version before this event**, so a projection
+that is behind never sees the future.
+
+With a publisher, each change of a person's coverage also goes to the ``outbox`` table, in the
+same transaction as the rows; ``downstream.py`` publishes it after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from functools import singledispatchmethod
+from typing import Any, ClassVar
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+
+from ledger.domain.cash import CashCollector, CashReceipt
+from ledger.domain.coverage_question import answer
+from ledger.domain.person import Enrollment, InsuredPerson
+from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
+from ledger.domain.targets import DistrictTarget
+from projections.fraud import FraudRules
+from projections.views import LedgerViews
+
+Loader = Callable[[UUID, int], Any]
+"""Reads an aggregate from the event store at a version: ``load(aggregate_id, version)``."""
+
+_encode = msgspec.json.Encoder().encode
+_NOT_DETAIL = frozenset({"originator_id", "originator_version", "timestamp", "originator_topic", "source", "name"})
+"""Event fields the audit row shows in columns of its own, or not at all (the name)."""
+
+PERSON_COLUMNS_EVENTS = frozenset({"Registered", "RegistrationUpdated", "DeathRegistered"})
+
+
+class _LRU:
+    """Persons by id, the least recently used dropped beyond ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: dict[UUID, Any] = {}
+
+    def get(self, key: UUID) -> Any:
+        value = self.items.pop(key, None)
+        if value is not None:
+            self.items[key] = value
+        return value
+
+    def put(self, key: UUID, value: Any) -> None:
+        self.items.pop(key, None)
+        self.items[key] = value
+        if len(self.items) > self.size:
+            del self.items[next(iter(self.items))]
+
+
+class LedgerProjection(Projection[LedgerViews]):
+    """Coverage, waiting periods, audit trail, fraud flags, targets and cash, from LEDGER."""
+
+    name = "LedgerViews"
+    policy: ClassVar[RegionPolicy | None] = None
+    load: ClassVar[Loader | None] = None
+    until: ClassVar[datetime | None] = None
+    publish: ClassVar[bool] = False
+    cache_size: ClassVar[int] = 200_000
+
+    @classmethod
+    def configured(
+        cls,
+        *,
+        policy: RegionPolicy,
+        load: Loader,
+        until: datetime | None = None,
+        publish: bool = False,
+        cache_size: int = 200_000,
+    ) -> type[LedgerProjection]:
+        """This projection with its settings (the runner constructs it from the class)."""
+        settings = {"policy": policy, "load": staticmethod(load), "until": until, "publish": publish, "cache_size": cache_size}
+        return type(cls.__name__, (cls,), {"name": cls.name, **settings})
+
+    def __init__(self, view: LedgerViews) -> None:
+        super().__init__(view)
+        self.rules = self.policy or load_policy(DEFAULT_POLICY)
+        self.persons = _LRU(self.cache_size)
+        self.collectors: dict[UUID, CashCollector] = {}
+        self.targets: dict[UUID, DistrictTarget] = {}
+        self.latest_day: date | None = None
+        self.fraud = FraudRules(self.rules, view)
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    @singledispatchmethod
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Events the views do not show (none yet) are tracked all the same."""
+        self.view.insert_tracking(tracking)
+
+    @process_event.register
+    def _person_event(self, domain_event: InsuredPerson.Event, tracking: Tracking) -> None:
+        if not self._skipped(domain_event, tracking):
+            self._on_person(domain_event, tracking.notification_id)
+        self.view.insert_tracking(tracking)
+
+    @process_event.register
+    def _collector_event(self, domain_event: CashCollector.Event, tracking: Tracking) -> None:
+        if not self._skipped(domain_event, tracking):
+            self._on_collector(domain_event, tracking.notification_id)
+        self.view.insert_tracking(tracking)
+
+    @process_event.register
+    def _receipt_event(self, domain_event: CashReceipt.Event, tracking: Tracking) -> None:
+        if not self._skipped(domain_event, tracking):
+            self._audit(f"receipt:{domain_event.receipt_no}", domain_event, tracking.notification_id)
+        self.view.insert_tracking(tracking)
+
+    @process_event.register
+    def _target_event(self, domain_event: DistrictTarget.Event, tracking: Tracking) -> None:
+        if not self._skipped(domain_event, tracking):
+            seq = tracking.notification_id
+            district = getattr(domain_event, "district", None)
+            target = self._fold_target(domain_event)
+            self.view.stage("targets", (target.district, target.coverage_year, target.target_count))
+            self._audit(f"target:{district or target.district}:{target.coverage_year}", domain_event, seq)
+        self.view.insert_tracking(tracking)
+
+    def _skipped(self, domain_event: Any, tracking: Tracking) -> bool:
+        """With ``until`` (replay for auditors): events recorded later are not in the views."""
+        return self.until is not None and domain_event.timestamp > self.until
+
+    # ---- persons ----------------------------------------------------------------------------
+
+    def _on_person(self, event: Any, seq: int) -> None:
+        before = self._person_before(event)
+        died_before = before.date_of_death if before is not None else None
+        person: InsuredPerson = event.mutate(before)
+        self.persons.put(event.originator_id, person)
+        kind = type(event).__name__
+        if kind in PERSON_COLUMNS_EVENTS:
+            self._stage_person(person, event, seq)
+        year = getattr(event, "coverage_year", None)
+        if year is not None and year in person.enrollments:
+            enrollment = person.enrollments[year]
+            self._stage_coverage(person, enrollment, seq)
+            if self.publish:
+                self._stage_change(person, enrollment, event, seq)
+        self._audit(person.person_key, event, seq)
+        self.fraud.on_person_event(event, person, seq, died_before)
+        day = event.source.effective_on
+        if self.latest_day is None or day > self.latest_day:
+            self.latest_day = day
+            self.fraud.on_day(day, self.collectors.values(), seq, event.timestamp)
+
+    def _person_before(self, event: Any) -> InsuredPerson | None:
+        if event.originator_version == 1:
+            return None
+        person = self.persons.get(event.originator_id)
+        if person is None or person.version != event.originator_version - 1:
+            if self.load is None:
+                raise LookupError(f"person {event.originator_id} v{event.originator_version - 1} is not cached and no loader is set")
+            person = self.load(event.originator_id, event.originator_version - 1)
+        return person
+
+    def _stage_person(self, person: InsuredPerson, event: Any, seq: int) -> None:
+        self.view.stage(
+            "people",
+            (
+                person.person_key,
+                person.district,
+                person.birth_date.isoformat(),
+                person.sex,
+                person.phone,
+                person.household_id,
+                _iso(person.date_of_death),
+                person.created_on.isoformat(),
+                seq,
+            ),
+        )
+
+    def _stage_coverage(self, person: InsuredPerson, e: Enrollment, seq: int) -> None:
+        terms = e.terms
+        self.view.stage(
+            "coverage",
+            (
+                person.person_key, e.coverage_year, e.district, e.category, e.channel, e.status,
+                e.requested_on.isoformat(),
+                _iso(terms.coverage_start if terms else None),
+                _iso(terms.coverage_end if terms else None),
+                _iso(terms.benefit_start if terms else None),
+                terms.waiting_months if terms else None,
+                int(bool(terms and terms.retroactive)),
+                terms.rule if terms else None,
+                e.subsidy_category, e.contribution_fen, e.subsidy_fen, e.due_fen, e.paid_fen, e.refund_fen,
+                _iso(e.ended_on), e.ended_reason, e.policy_version, seq,
+            ),
+        )
+
+    def _stage_change(self, person: InsuredPerson, enrollment: Enrollment, event: Any, seq: int) -> None:
+        """The coverage reply for the day the change takes effect, and the KV value."""
+        day = _day_in_year_of(enrollment, event.source.effective_on)
+        reply = msgspec.to_builtins(answer(person, person.person_key, day))
+        reply["ledger_seq"] = seq
+        self.view.stage(
+            "outbox",
+            (seq, person.person_key, enrollment.district or person.district, _encode(kv_value(person, seq)).decode(), _encode(reply).decode()),
+        )
+
+    # ---- cash and targets -------------------------------------------------------------------
+
+    def _on_collector(self, event: Any, seq: int) -> None:
+        before = self.collectors.get(event.originator_id) if event.originator_version > 1 else None
+        if event.originator_version > 1 and (before is None or before.version != event.originator_version - 1):
+            if self.load is None:
+                raise LookupError(f"collector {event.originator_id} is not cached and no loader is set")
+            before = self.load(event.originator_id, event.originator_version - 1)
+        collector: CashCollector = event.mutate(before)
+        self.collectors[event.originator_id] = collector
+        oldest = collector.oldest_unremitted()
+        self.view.stage(
+            "collectors",
+            (
+                collector.collector, collector.received_fen, collector.remitted_fen, collector.balance_fen,
+                oldest.received_at.isoformat() if oldest else None, event.source.effective_at.isoformat(),
+            ),
+        )
+        self._audit(f"collector:{collector.collector}", event, seq)
+        self.fraud.on_collector_event(event, collector, seq)
+
+    def _fold_target(self, event: Any) -> DistrictTarget:
+        if event.originator_version == 1:
+            target = event.mutate(None)
+        else:
+            target = self.targets.get(event.originator_id)
+            if target is None or target.version != event.originator_version - 1:
+                if self.load is None:
+                    raise LookupError(f"target {event.originator_id} is not cached and no loader is set")
+                target = self.load(event.originator_id, event.originator_version - 1)
+            target = event.mutate(target)
+        self.targets[event.originator_id] = target
+        return target
+
+    # ---- audit ------------------------------------------------------------------------------
+
+    def _audit(self, subject_key: str, event: Any, seq: int) -> None:
+        source = getattr(event, "source", None)
+        detail = {k: v for k, v in event.__dict__.items() if k not in _NOT_DETAIL}
+        self.view.stage(
+            "audit",
+            (
+                seq,
+                subject_key,
+                type(event).__name__,
+                getattr(event, "coverage_year", None),
+                source.effective_at.isoformat() if source else None,
+                event.timestamp.isoformat(),
+                source.system if source else None,
+                source.channel if source else None,
+                source.operator_id if source else None,
+                source.org_id if source else None,
+                source.msg_id if source else None,
+                source.policy_version if source else None,
+                _encode(detail).decode(),
+            ),
+        )
+
+
+def kv_value(person: InsuredPerson, seq: int) -> dict[str, Any]:
+    """The KV bucket ``coverage`` value of a person: latest coverage per coverage year."""
+    years = {}
+    for year, e in sorted(person.enrollments.items()):
+        terms = e.terms
+        years[str(year)] = {
+            "status": e.status,
+            "coverage_start": _iso(terms.coverage_start if terms else None),
+            "coverage_end": _iso(terms.coverage_end if terms else None),
+            "benefit_start": _iso(terms.benefit_start if terms else None),
+            "waiting_months": terms.waiting_months if terms else None,
+            "subsidy_category": e.subsidy_category,
+            "ended_on": _iso(e.ended_on),
+            "ended_reason": e.ended_reason,
+        }
+    return {
+        "person_key": person.person_key,
+        "district": person.district,
+        "date_of_death": _iso(person.date_of_death),
+        "coverage": years,
+        "ledger_seq": seq,
+    }
+
+
+def _day_in_year_of(enrollment: Enrollment, day: date) -> date:
+    """``day`` if the enrollment's coverage contains it, else the first day it covers."""
+    terms = enrollment.terms
+    if terms is not None:
+        if terms.coverage_start <= day <= terms.coverage_end:
+            return day
+        return terms.coverage_start if day < terms.coverage_start else terms.coverage_end
+    return day if day.year == enrollment.coverage_year else date(enrollment.coverage_year, 1, 1)
+
+
+def _iso(value: date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+

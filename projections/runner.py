@@ -1,0 +1,276 @@
+"""Running the projections: live beside ``ledger serve``, or as a replay for auditors.
+
+``Projections`` starts the library's ``ProjectionRunner`` (the ``LedgerProjection`` subscribed
+to the JetStream recorder of the LEDGER stream, its view the SQL database), a reader of the
+REJECTED stream into the same views (its own tracking row), and, when asked, the downstream
+publisher. ``replay`` rebuilds every view from the start of both streams into a database of its
+own and stops when it has caught up with what the streams held when it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import ProjectionRunner
+
+from consumers.streams import REJECTED_PREFIX, decode_rejection
+from ledger.application import Ledger
+from ledger.domain.policy import RegionPolicy
+from projections.downstream import CoveragePublisher
+from projections.projection import LedgerProjection
+from projections.views import REJECTED_TRACKING, LedgerViews
+
+log = logging.getLogger("ledger.projections")
+
+REJECTED_STREAM = "REJECTED"
+
+
+def views_env(ledger_env: dict[str, str], views_url: str) -> dict[str, str]:
+    """The runner's environment: the ledger's store for the application, the view database
+    (prefixed with the projection's name, as the library reads it) for the view."""
+    name = LedgerProjection.name.upper()
+    return {**ledger_env, f"{name}_PERSISTENCE_MODULE": "projections.views:ViewsFactory", f"{name}_VIEWS_URL": views_url}
+
+
+class RejectionsReader:
+    """REJECTED messages into the ``rejections`` view (and the rejection-based fraud flags),
+    from just after the last one the views committed, in stream order."""
+
+    def __init__(self, nats_url: str, projection: LedgerProjection, *, stream: str = REJECTED_STREAM) -> None:
+        self.url = nats_url
+        self.projection = projection
+        self.view = projection.view
+        self.stream = stream
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rejections-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._read())
+        except BaseException as e:  # noqa: BLE001 - reported by the owner
+            self.error = e
+            log.error("event=rejections_reader_failed error=%r", e)
+
+    async def _read(self) -> None:
+        import nats
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        try:
+            js = nc.jetstream()
+            after = self.view.max_tracking_id(REJECTED_TRACKING) or 0
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+                opt_start_seq=after + 1 if after else None,
+            )
+            while not self._stop.is_set():
+                try:
+                    sub = await js.subscribe(f"{REJECTED_PREFIX}.>", stream=self.stream, ordered_consumer=True, config=config, cb=self._on)
+                    break
+                except nats.js.errors.NotFoundError:
+                    await asyncio.sleep(0.5)  # the stream is created by the ingestion
+            else:
+                return
+            while not self._stop.is_set():
+                await asyncio.sleep(0.05)
+            await sub.unsubscribe()
+        finally:
+            await nc.close()
+
+    async def _on(self, msg: Any) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            rejection = decode_rejection(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            rejection = None
+        recorded = msg.metadata.timestamp
+        recorded_at = recorded.isoformat() if isinstance(recorded, datetime) else None
+        if rejection is not None:
+            self.view.stage(
+                "rejections",
+                (seq, rejection.person_key, rejection.reason, rejection.subject, rejection.msg_id, rejection.detail, recorded_at),
+            )
+            self.projection.fraud.on_rejection(
+                rejection.reason, rejection.person_key, seq, rejection.detail, recorded if isinstance(recorded, datetime) else None
+            )
+        else:
+            self.view.stage("rejections", (seq, None, "unreadable", msg.subject, None, "not a rejection record", recorded_at))
+        self.view.insert_tracking(Tracking(REJECTED_TRACKING, seq))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Projections:
+    """The live projections of one ledger: runner, rejections reader, downstream publisher."""
+
+    def __init__(
+        self,
+        *,
+        ledger_env: dict[str, str],
+        views_url: str,
+        nats_url: str,
+        policy: RegionPolicy,
+        loader: Ledger,
+        publish: bool = True,
+        until: datetime | None = None,
+        rejected_stream: str = REJECTED_STREAM,
+    ) -> None:
+        projection_class = LedgerProjection.configured(
+            policy=policy, load=_loader(loader), until=until, publish=publish
+        )
+        self.runner: ProjectionRunner[Ledger, LedgerViews] = ProjectionRunner(
+            application_class=Ledger,
+            projection_class=projection_class,
+            view_class=LedgerViews,
+            env=views_env(ledger_env, views_url),
+        ).__enter__()
+        self.view: LedgerViews = self.runner.view
+        self.projection: LedgerProjection = self.runner.projection  # type: ignore[assignment]
+        self.publisher: CoveragePublisher | None = None
+        if publish:
+            self.publisher = CoveragePublisher(self.view.db, nats_url)
+            self.view.after_commit(self.publisher.notify)
+        self.rejections = RejectionsReader(nats_url, self.projection, stream=rejected_stream)
+
+    def position(self) -> tuple[int, int]:
+        """The committed positions: (LEDGER sequence, REJECTED sequence)."""
+        return (self.view.max_tracking_id(Ledger.name) or 0, self.view.max_tracking_id(REJECTED_TRACKING) or 0)
+
+    def wait(self, ledger_seq: int, rejected_seq: int = 0, timeout: float = 30.0) -> None:
+        """Block until the views have committed both positions (raises ``TimeoutError``)."""
+        deadline = time.monotonic() + timeout
+        self.runner.wait(ledger_seq, timeout=max(0.0, deadline - time.monotonic()))
+        if rejected_seq:
+            self.view.wait(REJECTED_TRACKING, rejected_seq, timeout=max(0.01, deadline - time.monotonic()))
+
+    def check(self) -> None:
+        """Raise the error that stopped a part, if any."""
+        if self.runner.is_interrupted.is_set():
+            self.runner.run_forever(timeout=0)
+        if self.rejections.error is not None:
+            raise self.rejections.error
+
+    def close(self) -> None:
+        self.rejections.stop()
+        try:
+            self.runner.__exit__(None, None, None)
+        finally:
+            try:
+                self.view.commit()
+                if self.publisher is not None:
+                    self.publisher.close()
+            finally:
+                self.view.close()
+
+
+def _loader(ledger: Ledger) -> Callable[[Any, int], Any]:
+    def load(aggregate_id: Any, version: int) -> Any:
+        return ledger.repository.get(aggregate_id, version=version)
+
+    return load
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    ledger_events: int
+    rejections: int
+    seconds: float
+    views_url: str
+
+    @property
+    def rate(self) -> float:
+        return self.ledger_events / self.seconds if self.seconds else 0.0
+
+
+def stream_last_seq(nats_url: str, stream: str) -> int:
+    """The last sequence of ``stream`` now (0 when it is empty or missing)."""
+    import nats
+
+    async def ask() -> int:
+        nc = await nats.connect(nats_url)
+        try:
+            try:
+                info = await nc.jetstream().stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                return 0
+            return int(info.state.last_seq)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def replay(
+    *,
+    ledger_env: dict[str, str],
+    views_url: str,
+    nats_url: str,
+    policy: RegionPolicy,
+    loader: Ledger,
+    until: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    rejected_stream: str = REJECTED_STREAM,
+    stop_after: int | None = None,
+) -> ReplayResult:
+    """Rebuild the views from the start of LEDGER and REJECTED into ``views_url`` (resuming a
+    replay database that was interrupted), up to the streams' ends at the start.
+
+    ``progress(done, total)`` is called a few times a second. ``stop_after`` stops early once
+    that LEDGER sequence is committed (to test an interrupted replay)."""
+    ledger_end = loader.recorder.max_notification_id() or 0
+    rejected_end = stream_last_seq(nats_url, rejected_stream)
+    started = time.perf_counter()
+    projections = Projections(
+        ledger_env=ledger_env, views_url=views_url, nats_url=nats_url, policy=policy, loader=loader,
+        publish=False, until=until, rejected_stream=rejected_stream,
+    )
+    start_ledger, start_rejected = projections.position()
+    target = ledger_end if stop_after is None else min(ledger_end, stop_after)
+    try:
+        while True:
+            projections.check()
+            done_ledger, done_rejected = projections.position()
+            if progress is not None:
+                progress(done_ledger, ledger_end)
+            if done_ledger >= target and (stop_after is not None or done_rejected >= rejected_end):
+                break
+            if done_ledger < target:
+                try:
+                    projections.view.wait(Ledger.name, target, timeout=0.2)
+                except TimeoutError:
+                    pass
+            else:
+                time.sleep(0.05)
+    finally:
+        projections.close()
+    done_ledger, done_rejected = _positions(views_url)
+    return ReplayResult(
+        ledger_events=done_ledger - start_ledger,
+        rejections=done_rejected - start_rejected,
+        seconds=time.perf_counter() - started,
+        views_url=views_url,
+    )
+
+
+def _positions(views_url: str) -> tuple[int, int]:
+    from projections.database import Database
+
+    db = Database.open(views_url)
+    try:
+        rows = dict(db.query("SELECT application_name, notification_id FROM tracking"))
+    finally:
+        db.close()
+    return int(rows.get(Ledger.name, 0)), int(rows.get(REJECTED_TRACKING, 0))
