@@ -1,7 +1,11 @@
 """``ledger``: run the enrollment ledger and talk to it.
 
-    ledger serve   [--nats-url URL] [--data-dir DIR] [--policy FILE] …   run the service
+    ledger serve   [--nats-url URL] [--data-dir DIR] [--views URL] …    run the service
     ledger publish SUBJECT FILE.jsonl [--nats-url URL]                   publish contract messages
+    ledger coverage ID_NUMBER [--date D] [--as-of T]                     is this person covered?
+    ledger audit ID_NUMBER                                               a person's history and flags
+    ledger report [--district D] [--year Y]                              districts, funds, cash, flags
+    ledger replay [--until T] [--views URL]                              rebuild every view afresh
     ledger asyncapi [--output FILE]                                      the AsyncAPI document
 
 This module is the composition root: it builds the store, the application and the consumers;
@@ -77,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         help="embedded server's JetStream sync_interval (default always: fsync before acknowledging)",
     )
     serve.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_NATS_PORT", "0")), help="embedded server port (0: free)")
+    _views_option(serve)
     serve.set_defaults(run=_serve)
 
     publish = commands.add_parser(
@@ -94,10 +99,126 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="NATS URL (NATS_URL)")
     publish.set_defaults(run=_publish)
 
+    coverage = commands.add_parser(
+        "coverage",
+        help="is this person covered on a date (and what did the ledger know at a past time)?",
+        description="The coverage reply of the contract, from the person's events in the ledger.",
+    )
+    coverage.add_argument("id_number")
+    coverage.add_argument("--date", type=_date, default=None, help="the day asked about (default: today, China time)")
+    coverage.add_argument("--as-of", type=_time, default=None, help="what the ledger knew at this recorded time (ISO, with offset)")
+    _store_options(coverage)
+    _format_option(coverage)
+    coverage.set_defaults(run=_coverage)
+
+    audit = commands.add_parser(
+        "audit",
+        help="a person's full history: events, rejections, flags",
+        description="Every event about the person (effective and recorded time, actor, channel, msg_id, policy "
+        "version) and every rejected message about them, with the fraud flags pointing at each, from the views.",
+    )
+    audit.add_argument("id_number")
+    _data_dir_option(audit)
+    _views_option(audit)
+    _format_option(audit)
+    audit.set_defaults(run=_audit)
+
+    report = commands.add_parser(
+        "report",
+        help="per district: target, enrolled, rate, funds; waiting periods, cash on hand, flags, rejections",
+        description="The bureau's reports from the views. Money in yuan in tables, in fen in JSON and CSV.",
+    )
+    report.add_argument("--district", help="one district (division code)")
+    report.add_argument("--year", type=int, help="coverage year (default: the latest in the views)")
+    report.add_argument("--on", type=_date, default=None, help="date for cash alarms and waiting periods (default: today, China time)")
+    report.add_argument(
+        "--section",
+        choices=("all", "districts", "waiting", "cash", "not-renewed", "flags", "rejections"),
+        default="all",
+        help="one part only (CSV prints one part: districts unless named)",
+    )
+    _data_dir_option(report)
+    _views_option(report)
+    _policy_option(report)
+    _format_option(report)
+    report.set_defaults(run=_report)
+
+    replay = commands.add_parser(
+        "replay",
+        help="rebuild every view from the start of the streams into a fresh database",
+        description="Replays LEDGER and REJECTED from the start into a new view database (default "
+        "DATA_DIR/replay-<time>.sqlite; an interrupted replay database given with --views resumes), "
+        "without disturbing the running service, and stops at the streams' ends when it started.",
+    )
+    replay.add_argument("--until", type=_time, default=None, help="only events recorded up to this time (ISO, with offset)")
+    _store_options(replay)
+    _views_option(replay, default=None)
+    replay.set_defaults(run=_replay)
+
     asyncapi = commands.add_parser("asyncapi", help="print or write the AsyncAPI document of the consumers")
     asyncapi.add_argument("--output", type=Path, help="write it to this file instead of standard output")
     asyncapi.set_defaults(run=_asyncapi)
     return parser
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="the ledger's data directory (LEDGER_DATA_DIR; default ./data)",
+    )
+
+
+def _views_option(parser: argparse.ArgumentParser, default: str | None = "env") -> None:
+    parser.add_argument(
+        "--views",
+        default=os.environ.get("LEDGER_VIEWS") if default == "env" else default,
+        help="view database: sqlite:///FILE or postgresql://… (LEDGER_VIEWS; default sqlite:///DATA_DIR/views.sqlite)",
+    )
+
+
+def _policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, default=os.environ.get("LEDGER_POLICY"), help="policy file (LEDGER_POLICY; default Hefei)")
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats-url",
+        default=os.environ.get("NATS_URL"),
+        help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR, else its embedded server's data",
+    )
+    _data_dir_option(parser)
+    _policy_option(parser)
+
+
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="table (default), json or csv")
+
+
+def _date(text: str) -> Any:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _time(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"a time needs an offset (e.g. +08:00): {text!r}")
+    return moment
+
+
+def default_views_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'views.sqlite').resolve()}"
 
 
 # ---- serve ---------------------------------------------------------------------------------------
@@ -127,6 +248,8 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    projections = None
+    url_file = data_dir / SERVE_URL_FILE
     try:
         ledger = await asyncio.to_thread(build_ledger, url, data_dir, args.policy, embedded=server is not None)
         broker = NatsBroker(url, logger=None)
@@ -134,21 +257,55 @@ async def serve(args: argparse.Namespace) -> int:
         CoverageQueryService(ledger, broker)
         await broker.connect()
         await ensure_ingest_streams(broker)
+        views_url = args.views or default_views_url(data_dir)
+        projections = await asyncio.to_thread(start_projections, ledger, url, views_url)
+        log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
         await broker.start()
+        url_file.write_text(url)
         log.info("event=ready nats=%s stream=LEDGER consumer=%s", url, service.settings.durable)
         print(f"ledger serving on {url}", flush=True)
-        await stop.wait()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                projections.check()  # a failed projection stops the service loudly
         log.info("event=stopping recorded=%d rejected=%d", service.stats.recorded, service.stats.rejected)
         await broker.stop()
-        await asyncio.to_thread(ledger.close)
     finally:
+        url_file.unlink(missing_ok=True)
+        if projections is not None:
+            await asyncio.to_thread(projections.close)
+        if "ledger" in locals():
+            await asyncio.to_thread(ledger.close)
         if server is not None:
             await asyncio.to_thread(server.stop)
     log.info("event=stopped")
     return 0
 
 
-def build_ledger(url: str, data_dir: Path, policy_file: Path | None, *, embedded: bool) -> Any:
+SERVE_URL_FILE = "serve.url"
+"""Written by a running ``ledger serve`` in its data directory: other commands use its server."""
+
+
+def start_projections(ledger: Any, url: str, views_url: str) -> Any:
+    """The live projections of ``ledger`` into ``views_url``, publishing coverage downstream."""
+    from projections.runner import Projections
+
+    return Projections(
+        ledger_env=ledger.settings, views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger, publish=True
+    )
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def build_ledger(url: str, data_dir: Path, policy_file: Path | None, *, embedded: bool, cache: bool = True) -> Any:
     """The Ledger on the JetStream store at ``url``, with the region's policy."""
     from ledger.application import PERSON_KEY_SECRET, Ledger
     from ledger.domain.identity import PersonKeyer
@@ -162,12 +319,24 @@ def build_ledger(url: str, data_dir: Path, policy_file: Path | None, *, embedded
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
     }
+    if not cache:
+        env = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url}
+    secret = person_key_secret(data_dir, embedded=embedded)
+    ledger = Ledger({**env, PERSON_KEY_SECRET: secret}, policy=load_policy(policy_file or DEFAULT_POLICY), keyer=PersonKeyer(secret.encode()))
+    ledger.settings = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url, PERSON_KEY_SECRET: secret}
+    return ledger
+
+
+def person_key_secret(data_dir: Path, *, embedded: bool) -> str:
+    """The person-key secret: from the environment, else (embedded server only) the data directory's."""
+    from ledger.application import PERSON_KEY_SECRET
+
     secret = os.environ.get(PERSON_KEY_SECRET)
     if not secret:
         if not embedded:
             raise SystemExit(f"{PERSON_KEY_SECRET} must be set when using an existing NATS server")
         secret = local_secret(data_dir / "person-key.secret")
-    return Ledger(env, policy=load_policy(policy_file or DEFAULT_POLICY), keyer=PersonKeyer(secret.encode()))
+    return secret
 
 
 def local_secret(path: Path) -> str:
@@ -274,6 +443,272 @@ def _body(item: str | bytes | dict[str, Any]) -> bytes | None:
     text = item.decode() if isinstance(item, bytes) else item
     text = text.strip()
     return text.encode() if text else None
+
+
+# ---- questions: coverage, audit, report, replay ------------------------------------------------
+
+
+class _Store:
+    """The ledger's NATS server for a one-off command: ``--nats-url``, else the running
+    ``ledger serve`` of the data directory, else its embedded server's data (started here, on a
+    free port, and stopped afterwards)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from ledger.jetstream.server import EmbeddedNatsServer
+
+        self.server = None
+        data_dir: Path = args.data_dir
+        url = args.nats_url
+        running = data_dir / SERVE_URL_FILE
+        if not url and running.exists():
+            url = running.read_text().strip()
+        if not url:
+            if not (data_dir / "nats").is_dir():
+                raise SystemExit(
+                    f"no ledger in {data_dir}: run `ledger serve` or `make demo` first, or give --nats-url"
+                )
+            self.server = EmbeddedNatsServer(data_dir / "nats").start()
+            url = self.server.url
+        self.url = url
+        self.ledger = build_ledger(url, data_dir, args.policy, embedded=self.server is not None or running.exists(), cache=False)
+
+    def close(self) -> None:
+        self.ledger.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    import msgspec
+
+    from ledger.domain.refusals import Refusal
+    from ledger.domain.source import CHINA_STANDARD_TIME
+
+    day = args.date or datetime.now(CHINA_STANDARD_TIME).date()
+    store = _Store(args)
+    try:
+        try:
+            answer = store.ledger.coverage(args.id_number, day, as_of=args.as_of)
+        except Refusal as refusal:
+            raise SystemExit(f"{refusal.reason}: {refusal.detail}") from None
+        reply = msgspec.to_builtins(answer)
+        reply["ledger_seq"] = store.ledger.recorder.max_notification_id()
+    finally:
+        store.close()
+    _emit([reply], args.format, title=f"coverage on {day}", vertical=True)
+    return 0
+
+
+def _views_db(args: argparse.Namespace) -> Any:
+    from projections.database import Database, ViewDatabaseError, sqlite_path
+
+    url = args.views or default_views_url(args.data_dir)
+    if url.startswith("sqlite:") and not Path(sqlite_path(url)).exists():
+        raise SystemExit(f"no views at {url}: run `ledger serve` (or `make demo`) first, or give --views")
+    try:
+        return Database.open(url)
+    except ViewDatabaseError as e:
+        raise SystemExit(str(e)) from None
+
+
+def _person_key(args: argparse.Namespace) -> str:
+    from datetime import datetime
+
+    from ledger.domain.identity import PersonKeyer, ResidentId
+    from ledger.domain.refusals import Refusal
+    from ledger.domain.source import CHINA_STANDARD_TIME
+
+    secret = person_key_secret(args.data_dir, embedded=(args.data_dir / "person-key.secret").exists())
+    try:
+        resident = ResidentId.parse(args.id_number, today=datetime.now(CHINA_STANDARD_TIME).date())
+    except Refusal as refusal:
+        raise SystemExit(f"{refusal.reason}: {refusal.detail}") from None
+    return PersonKeyer(secret.encode()).key_of(resident)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from projections import reports
+
+    key = _person_key(args)
+    db = _views_db(args)
+    try:
+        person = reports.person_of(db, key)
+        coverage = reports.coverage_of(db, key)
+        trail = reports.audit_trail(db, key)
+        flags = reports.flags_of(db, key)
+    finally:
+        db.close()
+    if args.format != "table":
+        document = {"person_key": key, "person": person, "coverage": coverage, "timeline": trail, "flags": flags}
+        _emit([document] if args.format == "json" else trail, args.format, title="audit")
+        return 0
+    if person is None and not trail:
+        print(f"person {key[:12]}… is not in the views")
+        return 0
+    _emit([person] if person else [], "table", title=f"person {key[:12]}…", vertical=True)
+    _emit(coverage, "table", title="coverage per year", columns=(
+        "coverage_year", "status", "category", "channel", "coverage_start", "coverage_end", "benefit_start",
+        "waiting_months", "retroactive", "subsidy_category", "paid_fen", "ended_reason"))
+    _emit(trail, "table", title="timeline", columns=(
+        "recorded_at", "effective_at", "what", "coverage_year", "actor", "msg_id", "policy_version", "position", "flags"))
+    _emit(flags, "table", title="flags", columns=("rule", "position", "detail", "evidence", "parameters"))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from ledger.domain.policy import DEFAULT_POLICY, load_policy
+    from ledger.domain.source import CHINA_STANDARD_TIME
+    from projections import reports
+
+    policy = load_policy(args.policy or DEFAULT_POLICY)
+    on = args.on or datetime.now(CHINA_STANDARD_TIME).date()
+    db = _views_db(args)
+    try:
+        years = reports.years_in_views(db)
+        year = args.year or (years[-1] if years else on.year)
+        sections: dict[str, list[dict[str, Any]]] = {}
+        wanted = args.section
+        if args.format == "csv" and wanted == "all":
+            wanted = "districts"
+        if wanted in ("all", "districts"):
+            sections["districts"] = reports.district_report(db, policy, year, args.district)
+        if wanted in ("all", "waiting"):
+            sections["waiting"] = reports.waiting_periods(db, on=on, district=args.district)
+        if wanted in ("all", "cash"):
+            sections["cash"] = reports.cash_on_hand(db, policy, on)
+        if wanted in ("all", "not-renewed"):
+            sections["not-renewed"] = reports.not_renewed(db, year, args.district)
+        if wanted in ("all", "flags"):
+            sections["flags"] = [{"rule": r, "count": c} for r, c in reports.flag_counts(db).items()]
+        if wanted in ("all", "rejections"):
+            sections["rejections"] = [{"reason": r, "count": c} for r, c in reports.rejection_counts(db).items()]
+    finally:
+        db.close()
+    if args.format == "json":
+        print(json.dumps({"coverage_year": year, "on": on.isoformat(), **sections}, ensure_ascii=False, indent=2, default=str))
+        return 0
+    if args.format == "csv":
+        (rows,) = sections.values()
+        _emit(rows, "csv")
+        return 0
+    titles = {
+        "districts": f"coverage year {year}: enrollment and funds per district (yuan)",
+        "waiting": f"in a waiting period on {on}",
+        "cash": f"cash on hand on {on} (limit {policy.cash_remit_days} days / {policy.cash_remit_fen // 100:,} yuan)",
+        "not-renewed": f"enrolled for {year - 1}, not yet for {year} (check-up list)",
+        "flags": "fraud flags by rule",
+        "rejections": "rejections by reason",
+    }
+    for name, rows in sections.items():
+        columns = None
+        if name == "districts":
+            rows = [_in_yuan(r) for r in rows]
+            columns = ("district", "district_name", "target", "enrolled", "rate_percent", "goal_percent",
+                       "individual", "assistance", "fiscal", "total", "assistance_transfer_due")
+        if name in ("waiting", "not-renewed") and len(rows) > 20:
+            print(f"{titles[name]}: {len(rows)} people (first 20; --format json or csv for all)")
+            rows = rows[:20]
+        _emit(rows, "table", title=titles[name], columns=columns)
+    return 0
+
+
+def _in_yuan(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key.endswith("_fen"):
+            out[key.removesuffix("_fen")] = None if value is None else f"{value / 100:,.2f}"
+        else:
+            out[key] = value
+    return out
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from projections.runner import replay
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    views_url = args.views or f"sqlite:///{(args.data_dir / f'replay-{stamp}.sqlite').resolve()}"
+    store = _Store(args)
+    try:
+        with Progress(
+            TextColumn("replaying LEDGER"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
+            TimeRemainingColumn(), transient=False, redirect_stdout=False,
+        ) as bar:
+            task = bar.add_task("replay", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = replay(
+                ledger_env=store.ledger.settings, views_url=views_url, nats_url=store.url, policy=store.ledger.policy,
+                loader=store.ledger, until=args.until, progress=progress,
+            )
+    finally:
+        store.close()
+    print(
+        f"replayed {result.ledger_events:,} ledger events and {result.rejections:,} rejections "
+        f"in {result.seconds:.1f} s ({result.rate:,.0f} events/s) into {_redacted(result.views_url)}"
+    )
+    return 0
+
+
+def _emit(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    *,
+    title: str | None = None,
+    columns: Sequence[str] | None = None,
+    vertical: bool = False,
+) -> None:
+    """Rows as a terminal table, JSON or CSV."""
+    if fmt == "json":
+        print(json.dumps(rows if len(rows) != 1 or not vertical else rows[0], ensure_ascii=False, indent=2, default=str))
+        return
+    if fmt == "csv":
+        import csv
+
+        names = list(columns or (rows[0].keys() if rows else ()))
+        writer = csv.DictWriter(sys.stdout, fieldnames=names, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in names})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print(f"[bold]{title}[/bold]: none" if title else "none")
+        return
+    if vertical:
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        for key, value in rows[0].items():
+            table.add_row(key, _cell(value))
+    else:
+        names = list(columns or rows[0].keys())
+        table = Table(title=title, title_justify="left")
+        for name in names:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*(_cell(row.get(name)) for name in names))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
 
 
 # ---- asyncapi ------------------------------------------------------------------------------------

@@ -27,6 +27,12 @@ class ViewDatabaseError(Exception):
     """The view database cannot be opened or used (a clear reason, never a stack of driver noise)."""
 
 
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative/file``, ``sqlite:////absolute/file`` or ``sqlite:///:memory:``."""
+    path = url.removeprefix("sqlite://")
+    return path[1:] if path.startswith("/") else path
+
+
 class Database:
     """A connection to the view database, with the few operations the views need."""
 
@@ -80,8 +86,7 @@ class SQLiteDatabase(Database):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
-        path = url.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/") and not path.startswith("//") else path
+        path = sqlite_path(url)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path

@@ -1,0 +1,1 @@
+"""coverage.query latency benchmark (docstring to come)."""
