@@ -22,7 +22,7 @@ import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import ProjectionRunner
 
-from consumers.streams import REJECTED_PREFIX, decode_rejection
+from consumers.streams import decode_rejection
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
 from projections.downstream import CoveragePublisher
@@ -76,7 +76,8 @@ class RejectionsReader:
             )
             while not self._stop.is_set():
                 try:
-                    sub = await js.subscribe(f"{REJECTED_PREFIX}.>", stream=self.stream, ordered_consumer=True, config=config, cb=self._on)
+                    # Every message of the stream (its subjects are ledger.rejected.<reason>).
+                    sub = await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=self._on)
                     break
                 except nats.js.errors.NotFoundError:
                     await asyncio.sleep(0.5)  # the stream is created by the ingestion
