@@ -99,17 +99,18 @@ class FraudRules:
 
     # ---- person events ----------------------------------------------------------------------
 
-    def on_person_event(self, event: Any, person: InsuredPerson, seq: int, died_before: Any) -> None:
+    def on_person_event(self, event: Any, person: InsuredPerson, seq: int, died_before: Any, day: Any) -> None:
+        """``day``: the event's effective day (China time)."""
         kind = type(event).__name__
         source = event.source
         key = person.person_key
         year = getattr(event, "coverage_year", None)
         if kind == "DeathRegistered":
             self.deaths[key] = seq
-        if died_before is not None and kind not in _DEATH_EFFECTS and source.effective_on > died_before:
+        if died_before is not None and kind not in _DEATH_EFFECTS and day > died_before:
             self.raise_flag(
                 "after_death", key, str(seq),
-                f"{kind} effective {source.effective_on} after the death registered for {died_before}",
+                f"{kind} effective {day} after the death registered for {died_before}",
                 parameters={}, ledger=[self._death_seq(key), seq], coverage_year=year, raised_at=event.timestamp,
             )
         self._backdated(event, kind, key, seq, year)
@@ -137,6 +138,8 @@ class FraudRules:
 
     def _death_seq(self, person_key: str) -> int:
         seq = self.deaths.get(person_key)
+        if seq is None and self.view.fresh:
+            return 0
         if seq is None:
             rows = self.view.db.query(
                 "SELECT MAX(ledger_seq) FROM audit WHERE subject_key = ? AND event = 'DeathRegistered'", (person_key,)
@@ -201,6 +204,8 @@ class FraudRules:
 
     def _contact(self, kind: str, value: str, person: InsuredPerson, seq: int, limit: int, at: datetime) -> None:
         people = self.contacts.get((kind, value))
+        if people is None and self.view.fresh:
+            people = self.contacts[(kind, value)] = {}
         if people is None:
             rows = self.view.db.query(
                 "SELECT person_key, household_id, ledger_seq FROM contacts WHERE kind = ? AND value = ?", (kind, value)
@@ -224,6 +229,8 @@ class FraudRules:
     def _operator(self, event: Any, person: InsuredPerson, seq: int) -> None:
         operator = event.source.operator_id
         state = self.operators.get(operator)
+        if state is None and self.view.fresh:
+            state = (None, [])
         if state is None:
             rows = self.view.db.query("SELECT home_district, recent FROM operators WHERE operator_id = ?", (operator,))
             state = (rows[0][0], json.loads(rows[0][1])) if rows else (None, [])

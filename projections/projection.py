@@ -151,8 +151,8 @@ class LedgerProjection(Projection[LedgerViews]):
             if self.publish:
                 self._stage_change(person, enrollment, event, seq)
         self._audit(person.person_key, event, seq)
-        self.fraud.on_person_event(event, person, seq, died_before)
         day = event.source.effective_on
+        self.fraud.on_person_event(event, person, seq, died_before, day)
         if self.latest_day is None or day > self.latest_day:
             self.latest_day = day
             self.fraud.on_day(day, self.collectors.values(), seq, event.timestamp)

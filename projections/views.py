@@ -20,6 +20,7 @@ the fraud rules keep), ``outbox`` (changes for downstream, published after commi
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -143,6 +144,7 @@ _STATEMENTS = {
     "operators": (_upsert("operators", OPERATORS, ("operator_id",)), True),
     "outbox": (_insert_new("outbox", OUTBOX, ("ledger_seq", "person_key")), False),
 }
+_TRACKING_UPSERT = _upsert("tracking", ("application_name", "notification_id"), ("application_name",))
 _KEYS = {"people": 1, "coverage": 2, "targets": 2, "collectors": 1, "contacts": 3, "operators": 1}
 
 
@@ -156,7 +158,9 @@ class LedgerViews(TrackingRecorder):
         self.linger = linger
         if create:
             self.create_tables()
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._committing = threading.Lock()
+        self._commit_now = threading.Event()
         self._committed = threading.Condition(threading.Lock())
         self._staged: dict[str, Any] = {}
         self._reset_stage()
@@ -169,6 +173,9 @@ class LedgerViews(TrackingRecorder):
         self._max_committed: dict[str, int] = {
             name: seq for name, seq in self.db.query("SELECT application_name, notification_id FROM tracking")
         }
+        self.fresh = not self._max_committed
+        """Nothing was committed before this start: what the projection keeps in memory is then
+        everything the database holds, and it need not look anything up there."""
         self._flusher = threading.Thread(target=self._flush_when_lingering, name="views-flusher", daemon=True)
         self._flusher.start()
 
@@ -200,24 +207,36 @@ class LedgerViews(TrackingRecorder):
         self._after_commit.append(callback)
 
     def insert_tracking(self, tracking: Tracking) -> None:
-        """The event at ``tracking`` is fully staged: its position commits with its rows."""
-        import time
+        """The event at ``tracking`` is fully staged: its position commits with its rows.
 
+        Past ``COMMIT_EVENTS`` staged events the flusher is woken to commit them while the
+        projection goes on staging; past four times that, the projection commits itself (so a
+        slow database holds the projection back instead of memory filling up)."""
         with self._lock:
             self._raise_if_failed()
             self._positions[tracking.application_name] = tracking.notification_id
             self._staged_events += 1
+            staged = self._staged_events
             if self._first_staged_at is None:
                 self._first_staged_at = time.monotonic()
-            if self._staged_events >= self.COMMIT_EVENTS:
+        if staged >= self.COMMIT_EVENTS:
+            self._commit_now.set()
+            if staged >= 4 * self.COMMIT_EVENTS:
                 self.commit()
 
     def commit(self) -> None:
-        """Write everything staged and the positions in one transaction."""
-        with self._lock:
-            if not self._positions and not any(self._staged.values()):
-                return
-            staged, positions = self._staged, dict(self._positions)
+        """Write everything staged and the positions in one transaction.
+
+        Commits are serialised (``_committing``); staging continues while one is written."""
+        with self._committing:
+            with self._lock:
+                if not self._positions and not any(self._staged.values()):
+                    return
+                staged, positions = self._staged, dict(self._positions)
+                self._reset_stage()
+                self._positions.clear()
+                self._staged_events = 0
+                self._first_staged_at = None
             try:
                 with self.db.transaction():
                     for table, (sql, keyed) in _STATEMENTS.items():
@@ -225,29 +244,23 @@ class LedgerViews(TrackingRecorder):
                         if rows:
                             self.db.executemany(sql, list(rows.values()) if keyed else rows)
                     if positions:
-                        self.db.executemany(
-                            _upsert("tracking", ("application_name", "notification_id"), ("application_name",)),
-                            list(positions.items()),
-                        )
+                        self.db.executemany(_TRACKING_UPSERT, list(positions.items()))
             except BaseException as e:
                 self._error = e
                 raise
-            self._reset_stage()
-            self._positions.clear()
-            self._staged_events = 0
-            self._first_staged_at = None
-        with self._committed:
-            self._max_committed.update(positions)
-            self._committed.notify_all()
-        for callback in self._after_commit:
-            callback()
+            with self._committed:
+                self._max_committed.update(positions)
+                self._committed.notify_all()
+            for callback in self._after_commit:
+                callback()
 
     def _flush_when_lingering(self) -> None:
-        import time
-
-        while not self._closed.wait(self.linger / 2):
+        while not self._closed.is_set():
+            self._commit_now.wait(self.linger / 2)
             first = self._first_staged_at
-            if first is not None and time.monotonic() - first >= self.linger:
+            due = self._commit_now.is_set() or (first is not None and time.monotonic() - first >= self.linger)
+            self._commit_now.clear()
+            if due:
                 try:
                     self.commit()
                 except BaseException:  # noqa: BLE001 - kept in _error, raised to the projection
@@ -271,8 +284,6 @@ class LedgerViews(TrackingRecorder):
         interrupt: threading.Event | None = None,
     ) -> None:
         """Block until the views have committed ``notification_id`` (woken by each commit)."""
-        import time
-
         deadline = time.monotonic() + timeout
         with self._committed:
             while not self.has_tracking_id_locked(application_name, notification_id):
