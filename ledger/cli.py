@@ -541,8 +541,11 @@ def _audit(args: argparse.Namespace) -> int:
     finally:
         db.close()
     if args.format != "table":
-        document = {"person_key": key, "person": person, "coverage": coverage, "timeline": trail, "flags": flags}
-        _emit([document] if args.format == "json" else trail, args.format, title="audit")
+        if args.format == "json":
+            document = {"person_key": key, "person": person, "coverage": coverage, "timeline": trail, "flags": flags}
+            print(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+        else:
+            _emit(trail, "csv")
         return 0
     if person is None and not trail:
         print(f"person {key[:12]}… is not in the views")

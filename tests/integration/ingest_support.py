@@ -158,17 +158,20 @@ def outcomes(url: str) -> Outcomes:
 class ServeProcess:
     """``ledger serve --nats-url URL`` in a child process, to be stopped or killed."""
 
-    def __init__(self, url: str, log_path: Path, batch_size: int = 200) -> None:
+    def __init__(self, url: str, log_path: Path, batch_size: int = 200, data_dir: Path | None = None) -> None:
         self.url = url
         self.log_path = log_path
         self.batch_size = batch_size
+        self.data_dir = data_dir or log_path.parent / "data"
+        """Views and local state: never the repository's ./data, which other tests would share."""
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServeProcess:
         env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", self.url, "--batch-size", str(self.batch_size)],
+            [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", self.url, "--batch-size", str(self.batch_size),
+             "--data-dir", str(self.data_dir)],
             cwd=ROOT,
             env=env,
             stdout=log,

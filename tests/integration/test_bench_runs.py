@@ -38,3 +38,18 @@ def test_the_ingestion_benchmark_runs_quickly_and_prints_both_rates() -> None:
     assert "raw ceiling (pull + ack only)" in run.stdout
     assert "ratio end to end ÷ raw ceiling" in run.stdout
     assert "0 rejections on REJECTED" in run.stdout, "every synthetic message is valid"
+
+
+def test_the_query_benchmark_runs_quickly_and_prints_both_responders() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.query", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for section in ("ledger serve (coverage.query)", "echo (nats-py, canned reply)", "ratio ledger serve p99 ÷ echo p99",
+                    "ledger serve in detail", "Load generator", "CPU seconds", "p99 ≤ 5 ms", "p99 ≤ 3× the echo's p99"):
+        assert section in run.stdout
+    assert "error:" not in run.stdout, "every request is well formed: no reply is an error"
