@@ -292,7 +292,7 @@ def start_projections(ledger: Any, url: str, views_url: str) -> Any:
     from projections.runner import Projections
 
     return Projections(
-        ledger_env=ledger.settings, views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger, publish=True
+        ledger_env=dict(ledger.env), views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger, publish=True
     )
 
 
@@ -322,9 +322,7 @@ def build_ledger(url: str, data_dir: Path, policy_file: Path | None, *, embedded
     if not cache:
         env = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url}
     secret = person_key_secret(data_dir, embedded=embedded)
-    ledger = Ledger({**env, PERSON_KEY_SECRET: secret}, policy=load_policy(policy_file or DEFAULT_POLICY), keyer=PersonKeyer(secret.encode()))
-    ledger.settings = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url, PERSON_KEY_SECRET: secret}
-    return ledger
+    return Ledger({**env, PERSON_KEY_SECRET: secret}, policy=load_policy(policy_file or DEFAULT_POLICY), keyer=PersonKeyer(secret.encode()))
 
 
 def person_key_secret(data_dir: Path, *, embedded: bool) -> str:
@@ -650,7 +648,7 @@ def _replay(args: argparse.Namespace) -> int:
                 bar.update(task, completed=done, total=total)
 
             result = replay(
-                ledger_env=store.ledger.settings, views_url=views_url, nats_url=store.url, policy=store.ledger.policy,
+                ledger_env=dict(store.ledger.env), views_url=views_url, nats_url=store.url, policy=store.ledger.policy,
                 loader=store.ledger, until=args.until, progress=progress,
             )
     finally:
