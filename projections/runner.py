@@ -10,6 +10,7 @@ own and stops when it has caught up with what the streams held when it started.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from eventsourcing.projection import ProjectionRunner
 from consumers.streams import decode_rejection
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
+from projections.database import Database
 from projections.downstream import CoveragePublisher
 from projections.projection import LedgerProjection
 from projections.views import REJECTED_TRACKING, LedgerViews
@@ -129,6 +131,13 @@ class Projections:
         until: datetime | None = None,
         rejected_stream: str = REJECTED_STREAM,
     ) -> None:
+        source = stream_source(nats_url, ledger_env.get("NATS_STREAM", "LEDGER"))
+        if source is not None:
+            views = LedgerViews(Database.open(views_url))
+            try:
+                views.bind(source)
+            finally:
+                views.close()
         projection_class = LedgerProjection.configured(
             policy=policy, load=_loader(loader), until=until, publish=publish
         )
@@ -194,6 +203,24 @@ class ReplayResult:
     @property
     def rate(self) -> float:
         return self.ledger_events / self.seconds if self.seconds else 0.0
+
+
+def stream_source(nats_url: str, stream: str) -> str | None:
+    """``<stream>@<creation time>``: which stream, and which incarnation of it (None: no stream yet)."""
+    import nats
+
+    async def ask() -> str | None:
+        nc = await nats.connect(nats_url)
+        try:
+            reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)
+            info = json.loads(reply.data)
+            if "error" in info:
+                return None
+            return f"{stream}@{info['created']}"
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
 
 
 def stream_last_seq(nats_url: str, stream: str) -> int:

@@ -92,6 +92,9 @@ CREATE TABLE IF NOT EXISTS contacts (
 CREATE TABLE IF NOT EXISTS operators (
     operator_id TEXT PRIMARY KEY, home_district TEXT, recent TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     ledger_seq BIGINT NOT NULL, person_key TEXT NOT NULL, district TEXT, kv_value TEXT NOT NULL,
     message TEXT NOT NULL,
@@ -146,6 +149,10 @@ _STATEMENTS = {
 }
 _TRACKING_UPSERT = _upsert("tracking", ("application_name", "notification_id"), ("application_name",))
 _KEYS = {"people": 1, "coverage": 2, "targets": 2, "collectors": 1, "contacts": 3, "operators": 1}
+
+
+class ViewsMismatchError(Exception):
+    """The view database belongs to another event stream."""
 
 
 class LedgerViews(TrackingRecorder):
@@ -299,6 +306,19 @@ class LedgerViews(TrackingRecorder):
             return True
         seen = self._max_committed.get(application_name)
         return seen is not None and seen >= notification_id
+
+    def bind(self, source: str) -> None:
+        """Tie the views to the stream they are built from (its name and creation time): views
+        built from another stream — a new server, a recreated stream — are refused, not mixed."""
+        rows = self.db.query("SELECT value FROM meta WHERE name = 'source'")
+        if rows and rows[0][0] != source:
+            raise ViewsMismatchError(
+                f"these views were built from {rows[0][0]}, not from {source}: use another view "
+                "database (--views), or replay into a fresh one"
+            )
+        if not rows:
+            with self.db.transaction():
+                self.db.execute("INSERT INTO meta (name, value) VALUES ('source', ?)", (source,))
 
     def close(self) -> None:
         """Commit what is staged, stop the flusher and close the database."""

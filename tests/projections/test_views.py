@@ -307,3 +307,26 @@ def test_a_replay_until_a_time_shows_only_what_was_recorded_by_then(world: World
         assert row["status"] == "awaiting_payment" and row["paid_fen"] == 0
     finally:
         db.close()
+
+
+def test_views_built_from_one_stream_refuse_another(world: World, views_url: str, people: People) -> None:
+    from ledger.application import Ledger
+    from ledger.domain.identity import PersonKeyer
+    from projections.views import ViewsMismatchError
+    from tests.conftest import unique_names
+    from tests.projections.support import SECRET
+
+    # Given views built from the ledger's stream
+    enroll(world.ledger, people.born(date(1990, 1, 1)), Y, "resident", at(2021, 10, 8))
+    world.replay(views_url)
+    # When a ledger on another stream (a new server, a recreated stream) is pointed at them
+    stream, prefix = unique_names()
+    other_env = {**world.env, "NATS_STREAM": stream, "NATS_SUBJECT_PREFIX": prefix}
+    other = Ledger(other_env, keyer=PersonKeyer(SECRET.encode()))
+    try:
+        # Then the projections refuse them instead of mixing two histories
+        with pytest.raises(ViewsMismatchError, match="built from"):
+            Projections(ledger_env=other_env, views_url=views_url, nats_url=world.url, policy=other.policy,
+                        loader=other, publish=False, rejected_stream=world.rejected_stream)  # fmt: skip
+    finally:
+        other.close()
