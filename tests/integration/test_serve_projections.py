@@ -103,6 +103,13 @@ def test_serve_projects_the_season_and_the_cli_answers_from_the_views(tmp_path: 
         assert replayed["rejections"] == live["rejections"]
         assert replayed["flags"] == live["flags"]
 
+        # And the district report comes as CSV for spreadsheets, and as a table for people
+        csv_lines = ledger_cli("report", "--data-dir", str(data_dir), "--year", "2022", "--format", "csv").stdout.splitlines()
+        header, row = csv_lines[0].split(","), csv_lines[1].split(",")
+        assert len(csv_lines) == 2 and dict(zip(header, row))["enrolled"] == "18"
+        table = ledger_cli("report", "--data-dir", str(data_dir), "--year", "2022").stdout
+        assert "enrollment and funds per district" in table and "rejections by reason" in table
+
 
 def _quietly(fn: Any) -> Any:
     try:
