@@ -26,13 +26,14 @@ on the way to hospital). The threshold is the policy's ``adverse_selection_days`
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from ledger.domain.cash import CashCollector
-from ledger.domain.person import OUTSIDE_PERIOD_CATEGORIES, InsuredPerson
+from ledger.domain.person import InsuredPerson
 from ledger.domain.policy import NoPolicyForYear, RegionPolicy
 from projections.views import LedgerViews
 
@@ -69,6 +70,10 @@ class FraudRules:
         self.thresholds = policy.fraud
         self.view = view
         self.deaths: dict[str, int] = {}
+        self.waiting_for_death: dict[str, list[tuple[int, str, datetime | None]]] = {}
+        """``deceased`` refusals read before the death they followed was projected (REJECTED is
+        read apart from LEDGER, and runs ahead of it in a replay): flagged when it is."""
+        self._deaths_lock = threading.Lock()
         self.contacts: dict[tuple[str, str], dict[str, tuple[str | None, int]]] = {}
         self.operators: dict[str, tuple[str | None, list[float]]] = {}
 
@@ -99,14 +104,16 @@ class FraudRules:
 
     # ---- person events ----------------------------------------------------------------------
 
-    def on_person_event(self, event: Any, person: InsuredPerson, seq: int, died_before: Any, day: Any) -> None:
-        """``day``: the event's effective day (China time)."""
+    def on_person_event(
+        self, event: Any, person: InsuredPerson, seq: int, died_before: Any, day: Any, phone_before: str | None = None
+    ) -> None:
+        """``day``: the event's effective day (China time); ``phone_before``: the phone before it."""
         kind = type(event).__name__
         source = event.source
         key = person.person_key
         year = getattr(event, "coverage_year", None)
         if kind == "DeathRegistered":
-            self.deaths[key] = seq
+            self._death_projected(key, seq)
         if died_before is not None and kind not in _DEATH_EFFECTS and day > died_before:
             self.raise_flag(
                 "after_death", key, str(seq),
@@ -125,6 +132,8 @@ class FraudRules:
         if kind == "SubsidyListed":
             self._roster_rate(event, person, seq)
         if kind == "Registered" or kind == "RegistrationUpdated":
+            if phone_before and phone_before != event.phone:
+                self._leave("phone", phone_before, person.person_key)
             if event.phone:
                 self._contact("phone", event.phone, person, seq, self.thresholds.phone_max_people, event.timestamp)
         if kind == "PaymentReceived" and event.payer_account:
@@ -147,6 +156,27 @@ class FraudRules:
             seq = rows[0][0] if rows and rows[0][0] is not None else 0
             self.deaths[person_key] = seq
         return seq
+
+    def _death_projected(self, person_key: str, seq: int) -> None:
+        with self._deaths_lock:
+            self.deaths[person_key] = seq
+            waiting = self.waiting_for_death.pop(person_key, [])
+        if not self.view.fresh:  # refusals an earlier run committed while they still waited
+            rows = self.view.db.query(
+                "SELECT rejected_seq, detail, recorded_at FROM rejections WHERE person_key = ? AND reason = 'deceased'",
+                (person_key,),
+            )
+            waiting += [(r, d, datetime.fromisoformat(t) if t else None) for r, d, t in rows]
+        for rejected_seq, detail, at in waiting:
+            self._refused_as_deceased(person_key, seq, rejected_seq, detail, at)
+
+    def _refused_as_deceased(
+        self, person_key: str, death_seq: int, rejected_seq: int, detail: str, at: datetime | None
+    ) -> None:
+        self.raise_flag(
+            "after_death", person_key, f"R{rejected_seq}", f"refused as deceased: {detail}",
+            parameters={}, ledger=[death_seq], rejected=[rejected_seq], raised_at=at,
+        )
 
     def _backdated(self, event: Any, kind: str, key: str, seq: int, year: int | None) -> None:
         days = self.thresholds.backdated_days
@@ -203,14 +233,7 @@ class FraudRules:
             )
 
     def _contact(self, kind: str, value: str, person: InsuredPerson, seq: int, limit: int, at: datetime) -> None:
-        people = self.contacts.get((kind, value))
-        if people is None and self.view.fresh:
-            people = self.contacts[(kind, value)] = {}
-        if people is None:
-            rows = self.view.db.query(
-                "SELECT person_key, household_id, ledger_seq FROM contacts WHERE kind = ? AND value = ?", (kind, value)
-            )
-            people = self.contacts[(kind, value)] = {k: (h, s) for k, h, s in rows}
+        people = self._group(kind, value)
         key = person.person_key
         if key in people and people[key][0] == person.household_id:
             return
@@ -226,6 +249,22 @@ class FraudRules:
                 ledger=[s for _, s in people.values()], raised_at=at,
             )
 
+    def _group(self, kind: str, value: str) -> dict[str, tuple[str | None, int]]:
+        people = self.contacts.get((kind, value))
+        if people is None and self.view.fresh:
+            people = self.contacts[(kind, value)] = {}
+        if people is None:
+            rows = self.view.db.query(
+                "SELECT person_key, household_id, ledger_seq FROM contacts WHERE kind = ? AND value = ?", (kind, value)
+            )
+            people = self.contacts[(kind, value)] = {k: (h, s) for k, h, s in rows}
+        return people
+
+    def _leave(self, kind: str, value: str, person_key: str) -> None:
+        """A person who changed phone no longer counts behind the old one."""
+        self._group(kind, value).pop(person_key, None)
+        self.view.unstage("contacts", (kind, value, person_key))
+
     def _operator(self, event: Any, person: InsuredPerson, seq: int) -> None:
         operator = event.source.operator_id
         state = self.operators.get(operator)
@@ -240,7 +279,7 @@ class FraudRules:
             home = district
         elif district is not None and district != home:
             self.raise_flag(
-                "operator_anomaly", f"operator:{operator}", str(seq),
+                "operator_anomaly", f"operator:{operator}", f"{seq}:district",
                 f"operator {operator} (district {home}) enrolled person {person.person_key} in district {district}",
                 parameters={}, ledger=[seq], coverage_year=event.coverage_year, raised_at=event.timestamp,
             )
@@ -249,7 +288,7 @@ class FraudRules:
         limit = self.thresholds.operator_burst_per_hour
         if len(recent) == limit + 1:  # once per burst: when it goes over the limit
             self.raise_flag(
-                "operator_anomaly", f"operator:{operator}", str(seq),
+                "operator_anomaly", f"operator:{operator}", f"{seq}:burst",
                 f"operator {operator} recorded {len(recent)} enrollments within one hour",
                 parameters={"operator_burst_per_hour": limit}, ledger=[seq], coverage_year=event.coverage_year,
                 raised_at=event.timestamp,
@@ -263,10 +302,12 @@ class FraudRules:
         if enrollment is None:
             return
         try:
-            _, period_end = self.policy.concentrated_period(event.coverage_year - 1)
+            period_start, period_end = self.policy.concentrated_period(event.coverage_year - 1)
         except (NoPolicyForYear, KeyError, ValueError):
             return
-        outside = enrollment.category in OUTSIDE_PERIOD_CATEGORIES or enrollment.requested_on > period_end
+        # By the day of the request, not the category: a newborn enrolled in December for the
+        # next year is enrolled inside the period, like everyone else then.
+        outside = not period_start <= enrollment.requested_on <= period_end
         days = self.thresholds.adverse_selection_days
         if outside and (event.benefit_start - enrollment.requested_on).days <= days:
             self.raise_flag(
@@ -315,12 +356,23 @@ class FraudRules:
 
     # ---- rejections -------------------------------------------------------------------------
 
-    def on_rejection(self, reason: str, person_key: str | None, rejected_seq: int, detail: str, at: datetime | None) -> None:
+    def on_rejection(
+        self, reason: str, person_key: str | None, rejected_seq: int, detail: str, at: datetime | None, subject: str = ""
+    ) -> None:
         rule = _REJECTION_RULES.get(reason)
         if rule is None or person_key is None:
             return
-        ledger = [self._death_seq(person_key)] if rule == "after_death" else []
+        if rule == "double_enrollment" and subject != "upstream.enrollment.requested":
+            return  # a second payment of a paid enrollment is a refund to make, not a second enrollment
+        if rule == "after_death":
+            with self._deaths_lock:  # against the projection's thread recording the death meanwhile
+                death_seq = self._death_seq(person_key)
+                if not death_seq:
+                    self.waiting_for_death.setdefault(person_key, []).append((rejected_seq, detail, at))
+                    return
+            self._refused_as_deceased(person_key, death_seq, rejected_seq, detail, at)
+            return
         self.raise_flag(
             rule, person_key, f"R{rejected_seq}", f"refused as {reason}: {detail}",
-            parameters={}, ledger=[s for s in ledger if s], rejected=[rejected_seq], raised_at=at,
+            parameters={}, rejected=[rejected_seq], raised_at=at,
         )

@@ -24,7 +24,7 @@ import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
-from ledger.domain.cash import CashCollector, CashReceipt
+from ledger.domain.cash import CashCollector, CashReceipt, collector_id
 from ledger.domain.coverage_question import answer
 from ledger.domain.person import Enrollment, InsuredPerson
 from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
@@ -94,6 +94,11 @@ class LedgerProjection(Projection[LedgerViews]):
         self.targets: dict[UUID, DistrictTarget] = {}
         self.latest_day: date | None = None
         self.fraud = FraudRules(self.rules, view)
+        if not view.fresh and self.load is not None:
+            # Collectors still holding cash, as of the views' position: time passing (later
+            # events' effective days) must find them overdue even if they never collect again.
+            for collector, version in view.db.query("SELECT collector, version FROM collectors WHERE balance_fen > 0"):
+                self.collectors[collector_id(collector)] = self.load(collector_id(collector), version)
 
     # ---- dispatch ---------------------------------------------------------------------------
 
@@ -139,6 +144,7 @@ class LedgerProjection(Projection[LedgerViews]):
     def _on_person(self, event: Any, seq: int) -> None:
         before = self._person_before(event)
         died_before = before.date_of_death if before is not None else None
+        phone_before = before.phone if before is not None else None
         person: InsuredPerson = event.mutate(before)
         self.persons.put(event.originator_id, person)
         kind = type(event).__name__
@@ -152,7 +158,7 @@ class LedgerProjection(Projection[LedgerViews]):
                 self._stage_change(person, enrollment, event, seq)
         self._audit(person.person_key, event, seq)
         day = event.source.effective_on
-        self.fraud.on_person_event(event, person, seq, died_before, day)
+        self.fraud.on_person_event(event, person, seq, died_before, day, phone_before)
         if self.latest_day is None or day > self.latest_day:
             self.latest_day = day
             self.fraud.on_day(day, self.collectors.values(), seq, event.timestamp)
@@ -227,6 +233,7 @@ class LedgerProjection(Projection[LedgerViews]):
             (
                 collector.collector, collector.received_fen, collector.remitted_fen, collector.balance_fen,
                 oldest.received_at.isoformat() if oldest else None, event.source.effective_at.isoformat(),
+                collector.version,
             ),
         )
         self._audit(f"collector:{collector.collector}", event, seq)

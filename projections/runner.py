@@ -105,7 +105,8 @@ class RejectionsReader:
                 (seq, rejection.person_key, rejection.reason, rejection.subject, rejection.msg_id, rejection.detail, recorded_at),
             )
             self.projection.fraud.on_rejection(
-                rejection.reason, rejection.person_key, seq, rejection.detail, recorded if isinstance(recorded, datetime) else None
+                rejection.reason, rejection.person_key, seq, rejection.detail,
+                recorded if isinstance(recorded, datetime) else None, rejection.subject,
             )
         else:
             self.view.stage("rejections", (seq, None, "unreadable", msg.subject, None, "not a rejection record", recorded_at))

@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS targets (
 );
 CREATE TABLE IF NOT EXISTS collectors (
     collector TEXT PRIMARY KEY, received_fen BIGINT NOT NULL, remitted_fen BIGINT NOT NULL,
-    balance_fen BIGINT NOT NULL, oldest_unremitted_at TEXT, last_effective_at TEXT
+    balance_fen BIGINT NOT NULL, oldest_unremitted_at TEXT, last_effective_at TEXT,
+    version BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS contacts (
     kind TEXT NOT NULL, value TEXT NOT NULL, person_key TEXT NOT NULL, household_id TEXT,
@@ -130,7 +131,7 @@ AUDIT = (
 REJECTIONS = ("rejected_seq", "person_key", "reason", "subject", "msg_id", "detail", "recorded_at")
 FLAGS = ("rule", "subject_key", "position", "coverage_year", "detail", "parameters", "evidence", "raised_at")
 TARGETS = ("district", "coverage_year", "target_count")
-COLLECTORS = ("collector", "received_fen", "remitted_fen", "balance_fen", "oldest_unremitted_at", "last_effective_at")
+COLLECTORS = ("collector", "received_fen", "remitted_fen", "balance_fen", "oldest_unremitted_at", "last_effective_at", "version")
 CONTACTS = ("kind", "value", "person_key", "household_id", "ledger_seq")
 OPERATORS = ("operator_id", "home_district", "recent")
 OUTBOX = ("ledger_seq", "person_key", "district", "kv_value", "message")
@@ -147,6 +148,7 @@ _STATEMENTS = {
     "operators": (_upsert("operators", OPERATORS, ("operator_id",)), True),
     "outbox": (_insert_new("outbox", OUTBOX, ("ledger_seq", "person_key")), False),
 }
+_DELETES = {"contacts": "DELETE FROM contacts WHERE kind = ? AND value = ? AND person_key = ?"}
 _TRACKING_UPSERT = _upsert("tracking", ("application_name", "notification_id"), ("application_name",))
 _KEYS = {"people": 1, "coverage": 2, "targets": 2, "collectors": 1, "contacts": 3, "operators": 1}
 
@@ -199,15 +201,25 @@ class LedgerViews(TrackingRecorder):
 
     def _reset_stage(self) -> None:
         self._staged = {table: ({} if keyed else []) for table, (_, keyed) in _STATEMENTS.items()}
+        self._deleted: dict[str, set[tuple[Any, ...]]] = {table: set() for table in _DELETES}
 
     def stage(self, table: str, row: tuple[Any, ...]) -> None:
         """Stage one row for ``table`` (the later row for the same key wins)."""
         with self._lock:
             staged = self._staged[table]
             if isinstance(staged, dict):
-                staged[row[: _KEYS[table]]] = row
+                key = row[: _KEYS[table]]
+                staged[key] = row
+                if table in self._deleted:
+                    self._deleted[table].discard(key)
             else:
                 staged.append(row)
+
+    def unstage(self, table: str, key: tuple[Any, ...]) -> None:
+        """Stage the deletion of the row of ``table`` with this key (a staged upsert of it too)."""
+        with self._lock:
+            self._staged[table].pop(key, None)
+            self._deleted[table].add(key)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the committing thread) after every commit."""
@@ -237,15 +249,18 @@ class LedgerViews(TrackingRecorder):
         Commits are serialised (``_committing``); staging continues while one is written."""
         with self._committing:
             with self._lock:
-                if not self._positions and not any(self._staged.values()):
+                if not self._positions and not any(self._staged.values()) and not any(self._deleted.values()):
                     return
-                staged, positions = self._staged, dict(self._positions)
+                staged, deleted, positions = self._staged, self._deleted, dict(self._positions)
                 self._reset_stage()
                 self._positions.clear()
                 self._staged_events = 0
                 self._first_staged_at = None
             try:
                 with self.db.transaction():
+                    for table, keys in deleted.items():
+                        if keys:
+                            self.db.executemany(_DELETES[table], list(keys))
                     for table, (sql, keyed) in _STATEMENTS.items():
                         rows = staged[table]
                         if rows:
