@@ -1,0 +1,1 @@
+"""Demonstration data: a simulated enrollment season sent through the upstream contract."""

@@ -1,0 +1,308 @@
+"""``ledger demo``: a Hefei enrollment season end to end, on embedded defaults.
+
+1. An embedded nats-server (data under ``DATA_DIR/nats``) and ``ledger serve`` in its own
+   process, exactly as in production.
+2. A simulated season (``season.py``) published through the upstream contract, as integrators
+   would: every message on its ``upstream.*`` subject with ``Nats-Msg-Id``.
+3. Progress bars while publishing, while the ledger ingests, and while the views catch up.
+4. The report from the views; with ``--report FILE`` the same as an HTML page.
+
+The state stays in ``DATA_DIR`` (``demo.json`` names what was planted), so ``ledger coverage``,
+``ledger audit``, ``ledger report`` and ``ledger replay`` can be tried on it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.demo.season import Season, simulate
+from ledger.domain.identity import PersonKeyer, ResidentId
+from ledger.domain.policy import RegionPolicy
+
+MARKER = "demo.json"
+COVERAGE_YEAR = 2022
+
+
+class DemoError(SystemExit):
+    pass
+
+
+def prepare(data_dir: Path) -> None:
+    """A fresh demo directory: an earlier demo's state is replaced; anything else is refused."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / MARKER).exists():
+            raise DemoError(
+                f"{data_dir} holds something that is not a demo (no {MARKER}): choose another --data-dir"
+            )
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_demo(
+    *,
+    people: int,
+    data_dir: Path,
+    report_html: Path | None,
+    seed: int,
+    policy: RegionPolicy,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the whole demo; returns its summary (also written to ``DATA_DIR/demo.json``)."""
+    from ledger.cli import local_secret
+    from ledger.jetstream.server import EmbeddedNatsServer
+
+    prepare(data_dir)
+    (data_dir / MARKER).write_text(json.dumps({"status": "running", "people": people, "seed": seed}))
+    progress = _Progress(quiet)
+    progress.say(f"simulating a season for {people:,} residents (seed {seed}) …")
+    season = simulate(people, seed=seed, policy=policy)
+    secret = local_secret(data_dir / "person-key.secret")
+    keyer = PersonKeyer(secret.encode())
+    server = EmbeddedNatsServer(data_dir / "nats").start()
+    serve = None
+    try:
+        progress.say(f"embedded nats-server: {server.url} (data in {server.data_dir})")
+        serve = _start_serve(server.url, data_dir, secret)
+        _wait(lambda: (data_dir / "serve.url").exists() or serve.poll() is not None, 120, "ledger serve to start")
+        if serve.poll() is not None:
+            raise DemoError(f"ledger serve stopped at start: see {data_dir / 'serve.log'}")
+        started = time.monotonic()
+        published = asyncio.run(_publish(server.url, season, progress))
+        publish_seconds = time.monotonic() - started
+        caught_up_at = _catch_up(server.url, data_dir, published, progress, serve)
+        catch_up_seconds = caught_up_at - (started + publish_seconds)
+    finally:
+        if serve is not None and serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(60)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+        server.stop()
+    summary = _report(
+        season, keyer, data_dir, policy, report_html, published, publish_seconds, catch_up_seconds, quiet=quiet
+    )
+    (data_dir / MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=2))
+    if not quiet:
+        _next_steps(season, data_dir)
+    return summary
+
+
+def _start_serve(url: str, data_dir: Path, secret: str) -> subprocess.Popen[bytes]:
+    log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - the child keeps it
+    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": secret}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", url, "--data-dir", str(data_dir)],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+    log.close()
+    return process
+
+
+async def _publish(url: str, season: Season, progress: _Progress) -> int:
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    done = 0
+    try:
+        with progress.bar("publishing upstream messages", len(season.messages)) as advance:
+            pending = []
+            for message in season.messages:
+                body = json.dumps(message.body, ensure_ascii=False).encode()
+                msg_id = str(message.body.get("msg_id") or f"demo-{done + len(pending)}")
+                pending.append(await js.publish_async(message.subject, body, headers={"Nats-Msg-Id": msg_id}))
+                if len(pending) >= 1000:
+                    await asyncio.gather(*pending)
+                    done += len(pending)
+                    advance(len(pending))
+                    pending.clear()
+            await asyncio.gather(*pending)
+            done += len(pending)
+            advance(len(pending))
+    finally:
+        await nc.close()
+    return done
+
+
+def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, serve: subprocess.Popen[bytes]) -> float:
+    """Wait until every message has its outcome and the views have every event and rejection."""
+    from projections.database import Database
+
+    def ack_floor() -> int:
+        info = asyncio.run(_api(url, "$JS.API.CONSUMER.INFO.UPSTREAM.ledger-ingest"))
+        return int(info.get("ack_floor", {}).get("stream_seq", 0))
+
+    upstream_end = _last_seq(url, "UPSTREAM")  # what the stream kept (a repeated msg_id is dropped)
+    with progress.bar("ledger ingesting", upstream_end) as advance:
+        seen = 0
+        while seen < upstream_end:
+            if serve.poll() is not None:
+                raise DemoError(f"ledger serve stopped: see {data_dir / 'serve.log'}")
+            now = ack_floor()
+            advance(now - seen)
+            seen = now
+            time.sleep(0.3)
+    ledger_end = _last_seq(url, "LEDGER")
+    rejected_end = _last_seq(url, "REJECTED")
+    views = data_dir / "views.sqlite"
+    with progress.bar("views catching up", ledger_end) as advance:
+        seen = 0
+        while True:
+            if serve.poll() is not None:
+                raise DemoError(f"ledger serve stopped: see {data_dir / 'serve.log'}")
+            positions: dict[str, int] = {}
+            if views.exists():
+                db = Database.open(f"sqlite:///{views.resolve()}")
+                try:
+                    positions = dict(db.query("SELECT application_name, notification_id FROM tracking"))
+                finally:
+                    db.close()
+            now = int(positions.get("Ledger", 0))
+            advance(now - seen)
+            seen = now
+            if now >= ledger_end and int(positions.get("REJECTED", 0)) >= rejected_end:
+                return time.monotonic()
+            time.sleep(0.3)
+
+
+def _last_seq(url: str, stream: str) -> int:
+    info = asyncio.run(_api(url, f"$JS.API.STREAM.INFO.{stream}"))
+    return int(info.get("state", {}).get("last_seq", 0))
+
+
+async def _api(url: str, subject: str) -> dict[str, Any]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        reply = await nc.request(subject, b"", timeout=10)
+        return json.loads(reply.data)
+    finally:
+        await nc.close()
+
+
+def _report(
+    season: Season,
+    keyer: PersonKeyer,
+    data_dir: Path,
+    policy: RegionPolicy,
+    report_html: Path | None,
+    published: int,
+    publish_seconds: float,
+    catch_up_seconds: float,
+    *,
+    quiet: bool,
+) -> dict[str, Any]:
+    from datetime import date
+
+    from ledger.demo.report import gather, print_report, write_html
+    from projections.database import Database
+
+    planted = []
+    for case in season.planted:
+        if case.subject_key_hint:
+            subject = case.subject_key_hint
+        else:
+            assert case.id_number is not None
+            subject = keyer.key_of(ResidentId.parse(case.id_number))
+        planted.append((case.kind, case.rule, subject, case.description))
+    db = Database.open(f"sqlite:///{(data_dir / 'views.sqlite').resolve()}")
+    try:
+        report = gather(
+            db, policy, coverage_year=COVERAGE_YEAR, on=date(COVERAGE_YEAR, 12, 31), people=season.people,
+            published=published, publish_seconds=publish_seconds, catch_up_seconds=catch_up_seconds, planted=planted,
+        )  # fmt: skip
+    finally:
+        db.close()
+    if not quiet:
+        print_report(report)
+    if report_html is not None:
+        write_html(report, report_html)
+        if not quiet:
+            print(f"HTML report: {report_html}")
+    return {
+        "status": "done",
+        "people": season.people,
+        "published": published,
+        "ledger_events": report.ledger_events,
+        "publish_seconds": round(publish_seconds, 1),
+        "catch_up_seconds": round(catch_up_seconds, 1),
+        "enrolled": report.totals["enrolled"],
+        "target": report.totals["target"],
+        "rejections": report.rejections,
+        "flags": report.flags,
+        "planted": [
+            {"kind": p.kind, "rule": p.rule, "subject_key": p.subject_key, "caught": p.caught} for p in report.planted
+        ],
+        "expected_rejections": _counts(r.reason for r in season.bad_input),
+    }
+
+
+def _counts(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _next_steps(season: Season, data_dir: Path) -> None:
+    example = next(
+        (m.body["id_number"] for m in season.messages if m.subject == "upstream.payment.received" and "id_number" in m.body),
+        "<ID number>",
+    )
+    d = f"--data-dir {data_dir}"
+    print(
+        "\nThe demo's ledger stays in", data_dir, "— try:\n"
+        f"  .venv/bin/ledger coverage {example} --date {COVERAGE_YEAR}-06-01 {d}\n"
+        f"  .venv/bin/ledger audit {example} {d}\n"
+        f"  .venv/bin/ledger report --year {COVERAGE_YEAR} --on {COVERAGE_YEAR}-01-31 {d}\n"
+        f"  .venv/bin/ledger replay {d}"
+    )
+
+
+class _Progress:
+    """Progress bars on the terminal (rich), or nothing when quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def bar(self, title: str, total: int) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm() -> Any:
+            if self.quiet:
+                yield lambda n: None
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn(f"{title:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+                task = bar.add_task(title, total=total)
+                yield lambda n: bar.update(task, advance=n)
+
+        return cm()
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out waiting for {what}")
+        time.sleep(0.1)
