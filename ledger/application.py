@@ -573,4 +573,5 @@ def _source(msg_id: str, effective_at: datetime, actor: Actor, occurred_at: date
         channel=actor.channel,
         operator_id=actor.operator_id,
         org_id=actor.org_id,
+        reported_at=occurred_at if occurred_at is not None and occurred_at != effective_at else None,
     )

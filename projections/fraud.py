@@ -8,26 +8,37 @@ subject and position (the primary key), so replaying the same events raises the 
 | rule | raised when |
 |---|---|
 | ``after_death`` | a fact about a person takes effect after their registered death (recorded, or refused as ``deceased``) |
-| ``backdated`` | an effect dated more than ``backdated_days`` before the ledger recorded it, or coverage decided retroactively |
+| ``backdated`` | an effect dated more than ``backdated_days`` before the sender reported it (a payment's ``paid_at``, a roster's ``effective_from``, a date of death, against the message's ``occurred_at``), or coverage decided retroactively |
 | ``double_enrollment`` | an enrollment cancelled as a duplicate of employee insurance, or a second enrollment for a year refused (``already_enrolled``, ``in_employee_insurance``) |
 | ``subsidy_mismatch`` | an enrollment priced with a subsidy category the person has no roster entry for, or an amount or rate other than the policy's |
 | ``receipt_reused`` | a cash receipt number presented a second time (refused as ``duplicate_receipt``) |
 | ``cash_unremitted`` | a collector holding cash longer than ``cash_remit_days``, or more than ``cash_remit_fen`` |
 | ``shared_contact`` | one phone number, or one payer account, behind more than ``phone_max_people`` / ``payer_account_max_people`` people of different households |
 | ``operator_anomaly`` | an operator enrolling outside the district of their first enrollment, or more than ``operator_burst_per_hour`` enrollments within an hour |
-| ``adverse_selection`` | an enrollment outside the concentrated period whose benefits start within ``adverse_selection_days`` of the request |
+| ``adverse_selection`` | a person insured nowhere the year before who enrolls outside the concentrated period and whose benefits start within ``adverse_selection_days`` of the request |
+
+About ``backdated`` (§8.2, "effective date well before the recorded time"): the rule compares the
+effect with the time the *sender* reported it (the message's ``occurred_at``, kept in the event's
+source), not with the ledger's wall clock. In live operation the two differ by the pipeline's
+delay; they part when old messages are loaded or replayed into a new ledger (a migration, the
+demo's re-enacted 2021 season), where the wall clock would flag every event. Rules judge by the
+times in the message (contract.md), and so does this flag: the same messages give the same flags.
+The recorded time stays in every audit row for the auditor.
 
 About ``adverse_selection`` (§8.9, "right before heavy use of coverage"): the ledger receives no
-claims, so it cannot see the use itself. It flags the exposure instead: outside-period
-enrollments whose coverage is usable almost at once (no waiting period to deter buying insurance
-on the way to hospital). The threshold is the policy's ``adverse_selection_days``.
+claims, so it cannot see the use itself. It flags the exposure instead: someone with no coverage
+the year before (no resident enrollment for the previous coverage year, no employee insurance in
+the lapse window) who enrolls outside the concentrated period with coverage usable almost at
+once — the migrant paying in February and covered back to January 1 is the typical case. Entries
+decided by birth or by a public body (``newborn``, ``veteran``, ``assistance_new``) are not
+flagged. The threshold is the policy's ``adverse_selection_days``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -35,6 +46,7 @@ import msgspec
 from ledger.domain.cash import CashCollector
 from ledger.domain.person import InsuredPerson
 from ledger.domain.policy import NoPolicyForYear, RegionPolicy
+from ledger.domain.source import CHINA_STANDARD_TIME
 from projections.views import LedgerViews
 
 _encode = msgspec.json.Encoder().encode
@@ -53,6 +65,16 @@ RULES = (
 
 _DEATH_EFFECTS = frozenset({"DeathRegistered", "CoverageEnded"})
 """Events that follow from a death itself, never flagged as ``after_death``."""
+
+_EFFECT_DATES = {"SubsidyListed": "listed_on", "DeathRegistered": "date_of_death"}
+"""Facts whose effect is a date of their own, not the message's time."""
+
+_DECISIONS = frozenset({"CoverageDecided", "CoverageEnded", "PremiumReassessed", "EnrollmentCancelled"})
+"""Events the ledger decides from a fact, carrying that fact's source: the fact's own event is
+the one a lateness flag points at."""
+
+_PUBLIC_ENTRIES = frozenset({"newborn", "veteran", "assistance_new"})
+"""Enrollments outside the period decided by birth or by a public body: not adverse selection."""
 
 _REJECTION_RULES = {
     "deceased": "after_death",
@@ -180,17 +202,30 @@ class FraudRules:
 
     def _backdated(self, event: Any, kind: str, key: str, seq: int, year: int | None) -> None:
         days = self.thresholds.backdated_days
-        lag = event.timestamp - event.source.effective_at
+        source = event.source
         if kind == "CoverageDecided" and event.retroactive:
             self.raise_flag(
                 "backdated", key, str(seq),
                 f"coverage for {year} decided retroactively from {event.coverage_start} (rule {event.rule})",
                 parameters={"backdated_days": days}, ledger=[seq], coverage_year=year, raised_at=event.timestamp,
             )
-        elif lag > timedelta(days=days):
+            return
+        if kind in _DECISIONS:
+            return  # follows from a fact flagged (or not) on its own event
+        reported = source.reported_at or source.effective_at
+        effect_day = _EFFECT_DATES.get(kind)
+        if effect_day is not None:
+            effect = getattr(event, effect_day)
+            lag_days = (reported.astimezone(CHINA_STANDARD_TIME).date() - effect).days
+        else:
+            effect = source.effective_at
+            if source.reported_at is None:
+                return  # reported when it took effect
+            lag_days = (reported - effect).days
+        if lag_days > days:
             self.raise_flag(
                 "backdated", key, str(seq),
-                f"{kind} effective {event.source.effective_at.isoformat()} recorded {lag.days} days later",
+                f"{kind} effective {effect.isoformat()} reported {lag_days} days later ({reported.isoformat()})",
                 parameters={"backdated_days": days}, ledger=[seq], coverage_year=year, raised_at=event.timestamp,
             )
 
@@ -299,7 +334,7 @@ class FraudRules:
 
     def _adverse_selection(self, event: Any, person: InsuredPerson, seq: int) -> None:
         enrollment = person.enrollments.get(event.coverage_year)
-        if enrollment is None:
+        if enrollment is None or enrollment.category in _PUBLIC_ENTRIES:
             return
         try:
             period_start, period_end = self.policy.concentrated_period(event.coverage_year - 1)
@@ -307,16 +342,31 @@ class FraudRules:
             return
         # By the day of the request, not the category: a newborn enrolled in December for the
         # next year is enrolled inside the period, like everyone else then.
-        outside = not period_start <= enrollment.requested_on <= period_end
+        requested = enrollment.requested_on
         days = self.thresholds.adverse_selection_days
-        if outside and (event.benefit_start - enrollment.requested_on).days <= days:
-            self.raise_flag(
-                "adverse_selection", person.person_key, str(seq),
-                f"enrolled {enrollment.requested_on} outside the concentrated period ({enrollment.category}); "
-                f"benefits from {event.benefit_start}",
-                parameters={"adverse_selection_days": days}, ledger=[seq], coverage_year=event.coverage_year,
-                raised_at=event.timestamp,
-            )
+        if period_start <= requested <= period_end or (event.benefit_start - requested).days > days:
+            return
+        if self._insured_before(person, event.coverage_year, requested):
+            return
+        self.raise_flag(
+            "adverse_selection", person.person_key, str(seq),
+            f"enrolled {requested} outside the concentrated period ({enrollment.category}), uninsured the year "
+            f"before; benefits from {event.benefit_start}",
+            parameters={"adverse_selection_days": days}, ledger=[seq], coverage_year=event.coverage_year,
+            raised_at=event.timestamp,
+        )
+
+    def _insured_before(self, person: InsuredPerson, coverage_year: int, requested: Any) -> bool:
+        """A resident enrollment for the previous coverage year, or employee insurance up to the
+        lapse window before the request."""
+        previous = person.enrollments.get(coverage_year - 1)
+        if previous is not None and previous.terms is not None:
+            return True
+        lapse = 31 * self.policy.employee_lapse_months
+        return any(
+            spell.insured_until is None or 0 <= (requested - spell.insured_until).days <= lapse
+            for spell in person.employee_spells
+        )
 
     # ---- cash -------------------------------------------------------------------------------
 

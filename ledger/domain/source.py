@@ -30,6 +30,9 @@ class Source:
     operator_id: str | None = None
     org_id: str | None = None
     policy_version: str | None = None
+    reported_at: datetime | None = None
+    """When the sender reported the fact (the message's ``occurred_at``), if not ``effective_at``:
+    a payment is effective when paid (``paid_at``) and reported later."""
 
     @property
     def effective_on(self) -> date:

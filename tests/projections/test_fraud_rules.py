@@ -154,26 +154,55 @@ def test_after_death__a_corrected_date_of_death_is_not_flagged(office: Office, p
 # ---- 2. backdated: effects well before they were recorded, retroactive coverage -------------------
 
 
-def test_backdated__a_registration_recorded_more_than_45_days_after_it_took_effect_is_flagged(
+def test_backdated__a_payment_reported_more_than_45_days_after_it_was_paid_is_flagged(
     office: Office, people: People
 ) -> None:
-    # When a registration effective 46 days ago reaches the ledger today
+    # Given a resident enrolled on Oct 1, 2021
     someone = people.born(date(1990, 5, 5))
-    late = registered(someone, datetime.now(CST) - timedelta(days=46))
+    office.send(enrollment(someone, at(2021, 10, 1)))
+    # When a payment said to be made on Oct 1 is reported only on Nov 16 (46 days later)
+    late = payment(someone, at(2021, 10, 1), reported=at(2021, 11, 16))
     office.send(late)
-    # Then it is flagged backdated, pointing at the registration, with the policy's 45 days
+    # Then it is flagged backdated, pointing at the payment, with the policy's 45 days
     flag = only(office.flags("backdated"))
-    seq = seq_of(office, late, "Registered")
+    seq = seq_of(office, late, "PaymentReceived")
     assert (flag.subject_key, flag.position, flag.ledger, flag.rejected) == (office.key(someone), str(seq), [seq], [])
     assert flag.parameters == {"backdated_days": BACKDATED_DAYS}
-    assert "Registered effective" in flag.detail and "recorded 46 days later" in flag.detail
+    assert "PaymentReceived effective 2021-10-01T10:00:00+08:00 reported 46 days later" in flag.detail
 
 
-def test_backdated__a_registration_recorded_44_days_late_is_not_flagged(office: Office, people: People) -> None:
-    # When a registration effective 44 days ago reaches the ledger today (monthly rosters run
-    # up to ~36 days late: within the 45 days the policy allows)
-    office.send(registered(people.born(date(1990, 5, 5)), datetime.now(CST) - timedelta(days=44)))
+def test_backdated__a_payment_reported_44_days_after_it_was_paid_is_not_flagged(office: Office, people: People) -> None:
+    # When a payment made on Oct 1 is reported on Nov 14 (monthly statements run up to ~36 days
+    # late: within the 45 days the policy allows)
+    someone = people.born(date(1990, 5, 5))
+    office.send(enrollment(someone, at(2021, 10, 1)), payment(someone, at(2021, 10, 1), reported=at(2021, 11, 14)))
     # Then nothing is flagged backdated
+    assert office.flags("backdated") == []
+
+
+def test_backdated__a_death_registered_more_than_45_days_after_it_happened_is_flagged(
+    office: Office, people: People
+) -> None:
+    # When public security registers on Mar 20, 2022 a death of Jan 31 (48 days before)
+    someone = people.born(date(1940, 5, 5))
+    late = death(someone, at(2022, 3, 20), date(2022, 1, 31))
+    office.send(late)
+    # Then the registration is flagged backdated
+    flag = only(office.flags("backdated"))
+    assert (flag.subject_key, flag.position) == (office.key(someone), str(seq_of(office, late, "DeathRegistered")))
+    assert "DeathRegistered effective 2022-01-31 reported 48 days later" in flag.detail
+
+
+def test_backdated__facts_reported_when_they_happened_are_not_flagged_however_late_the_ledger_records_them(
+    office: Office, people: People
+) -> None:
+    # When a season of 2021 is loaded into the ledger years later (registration, enrollment,
+    # payment, each reported when it happened)
+    someone = people.born(date(1990, 5, 5))
+    office.send(
+        registered(someone, at(2021, 9, 1)), enrollment(someone, at(2021, 9, 2)), payment(someone, at(2021, 9, 2))
+    )
+    # Then nothing is backdated: the rules judge by the messages' times, not the wall clock
     assert office.flags("backdated") == []
 
 
@@ -200,11 +229,9 @@ def test_backdated__a_newborn_paid_on_the_day_of_birth_is_not_covered_retroactiv
     baby = people.born(date(2022, 3, 1))
     paid = payment(baby, at(2022, 3, 1, 18))
     office.send(enrollment(baby, at(2022, 3, 1, 17), category="newborn"), paid)
-    # Then coverage from birth is not retroactive: the decision is flagged only for reaching the
-    # ledger years late (the policy's last year is 2022), never as retroactive
-    decided = seq_of(office, paid, "CoverageDecided")
-    flag = only([f for f in office.flags("backdated") if f.position == str(decided)])
-    assert "retroactively" not in flag.detail and "recorded" in flag.detail
+    # Then coverage from birth decided on the day of birth is not retroactive: nothing flagged
+    assert seq_of(office, paid, "CoverageDecided")
+    assert office.flags("backdated") == []
 
 
 # ---- 3. double_enrollment: two active enrollments for one person and year -------------------------
@@ -643,7 +670,44 @@ def test_operator_anomaly__61_enrollments_spread_over_a_full_hour_are_not_flagge
 # ---- 9. adverse_selection: outside the period, usable at once -------------------------------------
 
 
-def test_adverse_selection__a_cross_scheme_enrollment_with_benefits_from_the_next_day_is_flagged(
+def migrant_enrollment(id_number: str, on: datetime) -> Message:
+    subject, body = enrollment(id_number, on, district="340124")
+    return subject, {**body, "migrant_worker": True}
+
+
+def test_adverse_selection__a_migrant_uninsured_last_year_paying_in_february_is_flagged(
+    office: Office, people: People
+) -> None:
+    # Given a migrant worker with no coverage for 2021
+    someone = people.born(date(1983, 2, 2))
+    # When they enroll and pay on Feb 10, 2022, in the migrants' extension, after the period
+    paid = payment(someone, at(2022, 2, 10))
+    office.send(migrant_enrollment(someone, at(2022, 2, 10)), paid)
+    # Then they are covered back to Jan 1 at once, and the decision is flagged
+    flag = only(office.flags("adverse_selection"))
+    decided = seq_of(office, paid, "CoverageDecided")
+    assert (flag.subject_key, flag.position, flag.ledger, flag.coverage_year) == (
+        office.key(someone), str(decided), [decided], 2022,
+    )  # fmt: skip
+    assert flag.parameters == {"adverse_selection_days": ADVERSE_SELECTION_DAYS}
+    assert json.loads(office.audit(decided)["detail"])["benefit_start"] == "2022-01-01"
+    assert "enrolled 2022-02-10 outside the concentrated period (resident), uninsured the year before" in flag.detail
+
+
+def test_adverse_selection__a_migrant_enrolled_last_year_paying_in_february_is_not_flagged(
+    office: Office, people: People
+) -> None:
+    # Given a migrant worker covered for 2021
+    someone = people.born(date(1983, 3, 3))
+    office.send(enrollment(someone, at(2020, 10, 1), year=2021, district="340124"),
+                payment(someone, at(2020, 10, 1), year=2021, amount_fen=28_000))  # fmt: skip
+    # When they renew on Feb 10, 2022, in the migrants' extension
+    office.send(migrant_enrollment(someone, at(2022, 2, 10)), payment(someone, at(2022, 2, 10)))
+    # Then it is a renewal, not a person joining when needed: nothing flagged
+    assert office.flags("adverse_selection") == []
+
+
+def test_adverse_selection__a_cross_scheme_transfer_within_the_lapse_window_is_not_flagged(
     office: Office, people: People
 ) -> None:
     # Given an employee insured for 27 months until Jan 31, 2022 (a lapse of under 3 months)
@@ -655,15 +719,9 @@ def test_adverse_selection__a_cross_scheme_enrollment_with_benefits_from_the_nex
     # When they enroll across schemes on Mar 10, 2022 and pay the same day
     paid = payment(someone, at(2022, 3, 10))
     office.send(enrollment(someone, at(2022, 3, 10), category="cross_scheme"), paid)
-    # Then benefits start Mar 11, with no waiting period, and the decision is flagged
-    flag = only(office.flags("adverse_selection"))
-    decided = seq_of(office, paid, "CoverageDecided")
-    assert (flag.subject_key, flag.position, flag.ledger, flag.coverage_year) == (
-        office.key(someone), str(decided), [decided], 2022,
-    )  # fmt: skip
-    assert flag.parameters == {"adverse_selection_days": ADVERSE_SELECTION_DAYS}
-    assert json.loads(office.audit(decided)["detail"])["benefit_start"] == "2022-03-11"
-    assert "enrolled 2022-03-10 outside the concentrated period (cross_scheme)" in flag.detail
+    # Then benefits start Mar 11 with no waiting period, but they were insured: nothing flagged
+    assert json.loads(office.audit_of(paid, "CoverageDecided")["detail"])["benefit_start"] == "2022-03-11"
+    assert office.flags("adverse_selection") == []
 
 
 def test_adverse_selection__a_cross_scheme_enrollment_behind_the_waiting_period_is_not_flagged(
