@@ -22,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.store
 	$(PY) -m bench.ingest
+	$(PY) -m bench.query
+	$(PY) -m bench.replay
 
 ## make demo: not built yet (issue "make demo"); says so instead of pretending.
 demo: $(STAMP)

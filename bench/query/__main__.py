@@ -157,7 +157,8 @@ def report(args: argparse.Namespace, m: Measured, watch: IngestWatch, elapsed: f
             f"t0 + i/rate whatever the replies; latency = reply received − scheduled send time (a stalled responder "
             f"cannot hide its backlog). Load generator: its own process, one raw NATS connection; unanswered after "
             f"{GRACE:g} s = no reply. Responders: ledger serve (its own process, as in production, aggregate cache "
-            f"empty at the start), then the echo (its own process, the same {len(m.canned_reply)}-byte reply)."
+            f"empty at the start; clock started once it answered and then went idle, after "
+            f"{m.settle_s['project']:.1f} s), then the echo (its own process, the same {len(m.canned_reply)}-byte reply)."
         ),
         "",
     ]
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                         "events": measured.events,
                         "populate_s": measured.populate_s,
                     },
+                    "settle_s": measured.settle_s,
                     "ledger_serve": project.as_json(),
                     "echo": echo.as_json(),
                     "ratio_p99": None if math.isinf(ratio) else ratio,

@@ -217,10 +217,10 @@ def run(url: str, subject: str, rate: float, requests: list[bytes], pids: dict[s
         pass
     client.sock.close()
     receiver.join(5)
-    cpu = {
-        role: None if cpu_before[role] is None or cpu_after[role] is None else cpu_after[role] - cpu_before[role]  # type: ignore[operator]
-        for role in pids
-    }
+    cpu = {}
+    for role in pids:
+        before, after = cpu_before[role], cpu_after[role]
+        cpu[role] = None if before is None or after is None else after - before
     return {
         "subject": subject,
         "rate": rate,

@@ -6,11 +6,13 @@ a temporary directory:
 1. this process records the population through a ``Ledger`` on the JetStream store
    (``population.populate``), then closes it;
 2. ``ledger serve --nats-url URL`` starts in its own process with ``LEDGER_PERSON_KEY_SECRET``
-   set (the production service: ingestion consumer idle, ``coverage.query`` responder); it is
-   ready once ``coverage.query`` answers (the contract's readiness rule): that first reply, about
-   a paid person, is kept as the echo's canned reply. Then the load generator
-   (``bench.query.load``, its own process) runs the schedule against ``coverage.query``, and
-   ``ledger serve`` is stopped;
+   set (the production service: ingestion consumer, projections, ``coverage.query`` responder);
+   it is ready once ``coverage.query`` answers (the contract's readiness rule): that first reply,
+   about a paid person, is kept as the echo's canned reply. The clock waits until the process is
+   idle (below ``IDLE_SHARE`` of a core over ``IDLE_WINDOW``: whatever it catches up at start-up,
+   such as projections replaying LEDGER, is over), so the run measures the steady state. Then
+   the load generator (``bench.query.load``, its own process) runs the schedule against
+   ``coverage.query``, and ``ledger serve`` is stopped;
 3. the echo responder (``bench.query.echo``, its own process) starts on ``bench.echo.query`` and
    the load generator runs the same request bytes against it at the same rate.
 """
@@ -18,16 +20,13 @@ a temporary directory:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,21 @@ import nats
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from bench.ingest.runs import _env, _tail, child, nats_server
 from bench.query import population as pop
+from bench.query.load import cpu_seconds
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer
-from ledger.jetstream.server import EmbeddedNatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-query-person-key-secret-not-for-production"
 PROJECT_SUBJECT = "coverage.query"
 ECHO_SUBJECT = "bench.echo.query"
 READY_TIMEOUT = 120.0
+IDLE_SHARE = 0.10
+"""A responder is settled once it uses less than this share of a core over ``IDLE_WINDOW``."""
+IDLE_WINDOW = 1.0
+SETTLE_TIMEOUT = 300.0
 GRACE = 10.0
 """Seconds the load generator waits for outstanding replies after its last request."""
 
@@ -204,52 +208,10 @@ def _brief(run: Run) -> str:
 # ---- processes -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def nats_server(directory: Path, log: Log, own: Callable[[int], None]) -> Iterator[EmbeddedNatsServer]:
-    server = EmbeddedNatsServer(directory, sync_interval="always").start()
-    assert server._process is not None
-    own(server._process.pid)
-    log(f"nats-server (sync always) on {server.url}, data in {directory}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def child(command: list[str], log_path: Path, env: dict[str, str], own: Callable[[int], None]) -> Iterator[subprocess.Popen[bytes]]:
-    """``command`` as a child process writing to ``log_path``; SIGTERM (then SIGKILL) at the end."""
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    own(process.pid)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
-
-
 def serve_command(url: str, data_dir: Path) -> list[str]:
     entry = Path(sys.executable).with_name("ledger")
     base = [str(entry)] if entry.exists() else [sys.executable, "-m", "ledger.cli"]
     return [*base, "serve", "--nats-url", url, "--data-dir", str(data_dir)]
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 async def _first_answer(url: str, subject: str, probe: bytes, process: subprocess.Popen[bytes]) -> bytes:
@@ -275,6 +237,23 @@ def first_answer(url: str, subject: str, probe: bytes, process: subprocess.Popen
     return asyncio.run(_first_answer(url, subject, probe, process))
 
 
+def settle(pid: int, log: Log) -> float:
+    """Wait until ``pid`` is idle (it has caught up whatever it does at start-up, e.g. projections
+    replaying LEDGER); returns the seconds waited. Gives up, saying so, after ``SETTLE_TIMEOUT``."""
+    started = time.monotonic()
+    last = cpu_seconds(pid)
+    while last is not None:
+        time.sleep(IDLE_WINDOW)
+        now = cpu_seconds(pid)
+        if now is None or now - last < IDLE_SHARE * IDLE_WINDOW:
+            break
+        if time.monotonic() - started > SETTLE_TIMEOUT:
+            log(f"  pid {pid} still busy after {SETTLE_TIMEOUT:.0f} s ({now - last:.2f} CPU-s a second): measuring anyway")
+            break
+        last = now
+    return time.monotonic() - started
+
+
 def load_run(
     tmp: Path, url: str, subject: str, rate: float, requests_file: Path, pids: dict[str, int], own: Callable[[int], None]
 ) -> dict[str, Any]:
@@ -284,7 +263,12 @@ def load_run(
                "--grace", str(GRACE), *(f"--pid={role}={pid}" for role, pid in pids.items())]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=_env(), stderr=subprocess.PIPE)
     own(process.pid)
-    _, stderr = process.communicate()
+    try:
+        _, stderr = process.communicate()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     if process.returncode != 0:
         raise RuntimeError(f"the load generator failed ({process.returncode}):\n{stderr.decode(errors='replace')[-2000:]}")
     return json.loads(out.read_text())
@@ -302,6 +286,8 @@ class Measured:
     project: Run
     echo: Run
     canned_reply: bytes
+    settle_s: dict[str, float]
+    """Seconds each responder took to become idle after it first answered (before its clock)."""
 
 
 def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: Callable[[int], None]) -> Measured:
@@ -337,7 +323,9 @@ def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: 
                 canned = first_answer(server.url, PROJECT_SUBJECT, probe, serve)
                 if b'"status"' not in canned:
                     raise RuntimeError(f"ledger serve's first answer is not a coverage reply: {canned[:300]!r}")
-                log(f"ledger serve (pid {serve.pid}) answers {PROJECT_SUBJECT}; {rate:,.0f} requests/s for {seconds:g} s ...")
+                log(f"ledger serve (pid {serve.pid}) answers {PROJECT_SUBJECT}; waiting until it is idle ...")
+                settled = {"project": settle(serve.pid, log)}
+                log(f"  idle after {settled['project']:.1f} s; {rate:,.0f} requests/s for {seconds:g} s ...")
                 raw = load_run(tmp, server.url, PROJECT_SUBJECT, rate, requests_file,
                                {"responder": serve.pid, "nats-server": server_pid}, own)  # fmt: skip
             except BaseException:
@@ -353,6 +341,7 @@ def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: 
         with child(echo_command, echo_log, _env(), own) as echo_process:
             try:
                 first_answer(server.url, ECHO_SUBJECT, probe, echo_process)
+                settled["echo"] = settle(echo_process.pid, log)
                 log(f"echo responder (pid {echo_process.pid}) answers {ECHO_SUBJECT}; same schedule ...")
                 raw = load_run(tmp, server.url, ECHO_SUBJECT, rate, requests_file,
                                {"responder": echo_process.pid, "nats-server": server_pid}, own)  # fmt: skip
@@ -361,4 +350,4 @@ def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: 
                 raise
         echo = Run.from_load("echo (nats-py, canned reply)", raw, first_ask)
         log(f"  {_brief(echo)}")
-    return Measured(population, populate_s, facts, events, project, echo, canned)
+    return Measured(population, populate_s, facts, events, project, echo, canned, settled)

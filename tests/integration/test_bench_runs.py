@@ -53,3 +53,21 @@ def test_the_query_benchmark_runs_quickly_and_prints_both_responders() -> None:
                     "ledger serve in detail", "Load generator", "CPU seconds", "p99 ≤ 5 ms", "p99 ≤ 3× the echo's p99"):
         assert section in run.stdout
     assert "error:" not in run.stdout, "every request is well formed: no reply is an error"
+
+
+def test_the_replay_benchmark_runs_quickly_and_prints_every_read() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.replay", "--quick", "--skip-postgres"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for section in ("Season: ", "Stream LEDGER: ", "raw nats-py ordered consumer",
+                    "ApplicationSubscription (decode + map)", "replay → SQLite", "ratio replay into SQLite ÷ raw",
+                    "PostgreSQL: skipped (--skip-postgres)", "Views after the replay", "flags ", "≥ 30,000 events/s",
+                    "≥ 30% of the raw read rate", "Machine:"):
+        assert section in run.stdout, section
+    assert "one per ledger event" in run.stdout, "the replay audits every ledger event"
+    assert "NOT planned" not in run.stdout, "the synthetic season is refused only where it means to be"
