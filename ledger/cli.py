@@ -276,12 +276,13 @@ async def serve(args: argparse.Namespace) -> int:
         ledger = await asyncio.to_thread(build_ledger, url, data_dir, args.policy, embedded=server is not None)
         broker = NatsBroker(url, logger=None)
         service = IngestService(ledger, broker, IngestSettings(batch_size=args.batch_size))
-        CoverageQueryService(ledger, broker)
         await broker.connect()
         await ensure_ingest_streams(broker)
         views_url = args.views or default_views_url(data_dir)
         projections = await asyncio.to_thread(start_projections, ledger, url, views_url)
         log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
+        queries = CoverageQueryService(ledger, broker, projections.projection)
+        await queries.start(broker.config.connection_state.connection)
         await broker.start()
         url_file.write_text(url)
         log.info("event=ready nats=%s stream=LEDGER consumer=%s", url, service.settings.durable)
@@ -291,7 +292,11 @@ async def serve(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
                 projections.check()  # a failed projection stops the service loudly
-        log.info("event=stopping recorded=%d rejected=%d", service.stats.recorded, service.stats.rejected)
+        log.info(
+            "event=stopping recorded=%d rejected=%d questions=%d",
+            service.stats.recorded, service.stats.rejected, queries.answered,
+        )  # fmt: skip
+        await queries.stop()
         await broker.stop()
     finally:
         url_file.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ same transaction as the rows; ``downstream.py`` publishes it after the commit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import date, datetime
 from functools import singledispatchmethod
@@ -25,8 +26,8 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
 from ledger.domain.cash import CashCollector, CashReceipt, collector_id
-from ledger.domain.coverage_question import answer
-from ledger.domain.person import Enrollment, InsuredPerson
+from ledger.domain.coverage_question import CoverageAnswer, answer
+from ledger.domain.person import Enrollment, InsuredPerson, person_id
 from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
 from ledger.domain.targets import DistrictTarget
 from projections.fraud import FraudRules
@@ -93,6 +94,10 @@ class LedgerProjection(Projection[LedgerViews]):
         self.collectors: dict[UUID, CashCollector] = {}
         self.targets: dict[UUID, DistrictTarget] = {}
         self.latest_day: date | None = None
+        self.position = 0
+        """The last ledger event applied (in memory; the views commit it a little later)."""
+        self.lock = threading.Lock()
+        """Held while an event is folded into a person: readers (coverage.query) see whole events."""
         self.fraud = FraudRules(self.rules, view)
         if not view.fresh and self.load is not None:
             # Collectors still holding cash, as of the views' position: time passing (later
@@ -110,19 +115,23 @@ class LedgerProjection(Projection[LedgerViews]):
     @process_event.register
     def _person_event(self, domain_event: InsuredPerson.Event, tracking: Tracking) -> None:
         if not self._skipped(domain_event, tracking):
-            self._on_person(domain_event, tracking.notification_id)
+            with self.lock:
+                self._on_person(domain_event, tracking.notification_id)
+                self.position = tracking.notification_id
         self.view.insert_tracking(tracking)
 
     @process_event.register
     def _collector_event(self, domain_event: CashCollector.Event, tracking: Tracking) -> None:
         if not self._skipped(domain_event, tracking):
             self._on_collector(domain_event, tracking.notification_id)
+        self.position = tracking.notification_id
         self.view.insert_tracking(tracking)
 
     @process_event.register
     def _receipt_event(self, domain_event: CashReceipt.Event, tracking: Tracking) -> None:
         if not self._skipped(domain_event, tracking):
             self._audit(f"receipt:{domain_event.receipt_no}", domain_event, tracking.notification_id)
+        self.position = tracking.notification_id
         self.view.insert_tracking(tracking)
 
     @process_event.register
@@ -133,7 +142,17 @@ class LedgerProjection(Projection[LedgerViews]):
             target = self._fold_target(domain_event)
             self.view.stage("targets", (target.district, target.coverage_year, target.target_count))
             self._audit(f"target:{district or target.district}:{target.coverage_year}", domain_event, seq)
+        self.position = tracking.notification_id
         self.view.insert_tracking(tracking)
+
+    def answer(self, person_key: str, day: date) -> tuple[CoverageAnswer, int] | None:
+        """The domain's coverage answer for a person held in memory, with the position it
+        reflects; None when the person is not held (ask the event store)."""
+        with self.lock:
+            person = self.persons.items.get(person_id(person_key))
+            if person is None:
+                return None
+            return answer(person, person_key, day), self.position
 
     def _skipped(self, domain_event: Any, tracking: Tracking) -> bool:
         """With ``until`` (replay for auditors): events recorded later are not in the views."""

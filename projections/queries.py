@@ -1,27 +1,49 @@
 """``coverage.query``: "is this person covered on this date?" over NATS request/reply.
 
-The answer is the domain's coverage question, asked of the person's events in the event store
-(with ``as_of``: only the events recorded by then). A malformed request, or one with an invalid
-ID number, gets ``{"error": reason}``; an unknown person is a reply (``not_enrolled``), not an
-error. ``ledger_seq`` is the ledger's last notification id when the answer was given.
+The answer is the domain's coverage question (``ledger.domain.coverage_question``) asked of the
+person as the ledger's **committed** events made them:
+
+- with live projections (``ledger serve``), from the person the projection folded from the
+  LEDGER stream, in memory (no round trip); ``ledger_seq`` is the last ledger event the
+  projection had applied, so the answer says how current it is. A person the projection does
+  not hold in memory is read from the event store.
+- with ``as_of``, from the events recorded by then only (what the ledger knew at that time).
+
+Never from the ingestion's working copies: a fact being applied but not yet saved is not an
+answer. A malformed request, or one with an invalid ID number, gets ``{"error": reason}``; an
+unknown person is a reply (``not_enrolled``), not an error.
+
+The responder is a plain NATS subscription in a queue group (several ledgers can share the
+load); FastStream only documents it in the AsyncAPI document.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated
+from functools import reduce
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
-from faststream.params import NoCast
 
 from consumers.schemas import Documented
-from ledger.application import Ledger
+from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
+from ledger.domain.identity import ResidentId
+from ledger.domain.person import person_id
 from ledger.domain.refusals import Malformed, Refusal
 
+if TYPE_CHECKING:
+    from ledger.application import Ledger
+    from projections.projection import LedgerProjection
+
+log = logging.getLogger("ledger.queries")
+
 COVERAGE_QUERY = "coverage.query"
+QUEUE_GROUP = "ledger-coverage-query"
 
 
 class CoverageRequest(Documented, frozen=True, kw_only=True):
@@ -36,37 +58,137 @@ _decode_request = msgspec.json.Decoder(CoverageRequest).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def answer_query(ledger: Ledger, data: bytes) -> bytes:
-    """The reply (JSON) to one ``coverage.query`` request."""
+class CoverageAnswerer:
+    """Answers coverage requests from committed events (see the module docstring)."""
+
+    SEQ_REFRESH = 0.2
+    """Seconds a store-read ``ledger_seq`` is reused (without projections)."""
+
+    def __init__(self, ledger: Ledger, projection: LedgerProjection | None = None) -> None:
+        self.ledger = ledger
+        self.projection = projection
+        self._seq = (0, -1.0)
+
+    def quick(self, data: bytes) -> bytes | None:
+        """The reply when it needs no store read (a malformed request, or a person the projection
+        holds); None when ``reply`` must read the store (call it off the event loop)."""
+        request, error = _parse(data)
+        if error is not None:
+            return error
+        assert request is not None
+        if request.as_of is not None or self.projection is None:
+            return None
+        key = self.ledger.keyer.key_of(request.resident)  # type: ignore[attr-defined]
+        known = self.projection.answer(key, request.date)
+        if known is None:
+            return None
+        reply, seq = known
+        return _reply(reply, seq)
+
+    def reply(self, data: bytes) -> bytes:
+        """The reply to one request (may read the event store)."""
+        quick = self.quick(data)
+        if quick is not None:
+            return quick
+        request, _ = _parse(data)
+        assert request is not None
+        key = self.ledger.keyer.key_of(request.resident)  # type: ignore[attr-defined]
+        events = list(self.ledger.repository.event_store.get(person_id(key)))
+        if request.as_of is not None:
+            result = answer_as_of(events, key, request.date, request.as_of)
+        else:
+            person = reduce(lambda aggregate, event: event.mutate(aggregate), events, None) if events else None
+            result = answer(person, key, request.date)
+        if self.projection is not None:
+            seq = self.projection.position
+        else:
+            seq = self._store_seq()
+        return _reply(result, seq)
+
+    def _store_seq(self) -> int:
+        seq, at = self._seq
+        now = time.monotonic()
+        if now - at > self.SEQ_REFRESH:
+            seq = self.ledger.recorder.max_notification_id() or 0
+            self._seq = (seq, now)
+        return seq
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    resident: ResidentId
+    date: date
+    as_of: datetime | None
+
+
+def _parse(data: bytes) -> tuple[_Request | None, bytes | None]:
     try:
         request = _decode_request(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
-        return _encode({"error": Malformed.reason, "detail": str(e)})
+        return None, _encode({"error": Malformed.reason, "detail": str(e)})
     try:
-        answer = ledger.coverage(request.id_number, request.date, as_of=request.as_of)
+        resident = ResidentId.parse(request.id_number)
     except Refusal as refusal:
-        return _encode({"error": refusal.reason, "detail": refusal.detail})
-    reply = msgspec.to_builtins(answer)  # the contract's coverage reply, field for field
-    reply["ledger_seq"] = ledger.recorder.max_notification_id()
+        return None, _encode({"error": refusal.reason, "detail": refusal.detail})
+    return _Request(resident, request.date, request.as_of), None
+
+
+def _reply(result: CoverageAnswer, seq: int) -> bytes:
+    reply = msgspec.to_builtins(result)  # the contract's coverage reply, field for field
+    reply["ledger_seq"] = seq
     return _encode(reply)
 
 
+def answer_query(ledger: Ledger, data: bytes, projection: LedgerProjection | None = None) -> bytes:
+    """The reply (JSON) to one ``coverage.query`` request."""
+    return CoverageAnswerer(ledger, projection).reply(data)
+
+
 class CoverageQueryService:
-    """Answers ``coverage.query`` requests (a queue group, so several ledgers can share them)."""
+    """The ``coverage.query`` responder of ``ledger serve`` (a queue group, so several ledgers
+    can share the requests). With ``ledger=None`` it only documents the subject for AsyncAPI."""
 
-    def __init__(self, ledger: Ledger | None, broker: NatsBroker) -> None:
-        self.ledger = ledger
-        broker.subscriber(
-            COVERAGE_QUERY,
-            queue="ledger-coverage-query",
-            title="coverage question",
-            description=(
-                "Request {id_number, date, as_of?}; reply: the contract's coverage reply, or "
-                "{error: reason} for a malformed request or an invalid ID number."
-            ),
-        )(self.handle)
+    def __init__(self, ledger: Ledger | None, broker: NatsBroker, projection: LedgerProjection | None = None) -> None:
+        self.answerer = CoverageAnswerer(ledger, projection) if ledger is not None else None
+        self.answered = 0
+        self._subscription: Any = None
+        if ledger is None:
+            broker.subscriber(
+                COVERAGE_QUERY,
+                queue=QUEUE_GROUP,
+                title="coverage question",
+                description=(
+                    "Request {id_number, date, as_of?}; reply: the contract's coverage reply, or "
+                    "{error: reason} for a malformed request or an invalid ID number."
+                ),
+            )(_document_only)
 
-    async def handle(self, request: Annotated[CoverageRequest, NoCast], message: NatsMessage) -> bytes:
-        """The reply, as bytes: the request is decoded (and refused) by ``answer_query`` itself."""
-        assert self.ledger is not None
-        return await asyncio.to_thread(answer_query, self.ledger, message.body)
+    async def start(self, nc: Any) -> None:
+        """Subscribe on the connection ``nc`` (nats-py)."""
+        assert self.answerer is not None, "a documentation-only service does not answer"
+        self._subscription = await nc.subscribe(COVERAGE_QUERY, queue=QUEUE_GROUP, cb=self._handle)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def _handle(self, msg: Any) -> None:
+        if not msg.reply:
+            return
+        answerer = self.answerer
+        assert answerer is not None
+        try:
+            reply = answerer.quick(msg.data)
+            if reply is None:
+                reply = await asyncio.to_thread(answerer.reply, msg.data)
+        except Exception as e:  # noqa: BLE001 - a reply, never a dead responder
+            log.warning("event=coverage_query_failed error=%r", e)
+            reply = _encode({"error": "unavailable", "detail": "the ledger could not answer now; ask again"})
+        self.answered += 1
+        await msg.respond(reply)
+
+
+async def _document_only(request: CoverageRequest) -> dict[str, Any]:  # pragma: no cover - never subscribed
+    """Documents ``coverage.query`` for AsyncAPI; the responder is ``CoverageQueryService.start``."""
+    raise NotImplementedError("documentation only")

@@ -27,8 +27,9 @@ WECHAT = Actor("payment", "wechat")
 def ask(url: str, ledger: Ledger, requests: list[Any]) -> list[dict[str, Any]]:
     async def run() -> list[dict[str, Any]]:
         broker = NatsBroker(url, logger=None)
-        CoverageQueryService(ledger, broker)
+        service = CoverageQueryService(ledger, broker)
         await broker.start()
+        await service.start(broker.config.connection_state.connection)
         nc = await nats.connect(url)
         try:
             replies = []

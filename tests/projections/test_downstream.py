@@ -174,3 +174,37 @@ def test_changes_published_but_not_yet_cleared_before_a_crash_are_not_seen_twice
     assert republished == 1
     seen, messages = asyncio.run(_watch_and_read(world.url, {key}, 2, timeout=3))
     assert len(seen) == 1 and len(messages) == 1
+
+
+def test_coverage_questions_are_answered_from_the_projection_as_the_event_store_would(
+    world: World, people: People, tmp_path: Any
+) -> None:
+    from projections.queries import CoverageAnswerer
+
+    # Given a paid resident, one awaiting payment, and live projections that applied both
+    paid, waiting = people.born(date(1971, 1, 1)), people.born(date(1972, 2, 2))
+    enroll(world.ledger, paid, Y, "resident", at(2021, 10, 8))
+    pay(world.ledger, paid, Y, STANDARD_Y, at(2021, 10, 9))
+    enroll(world.ledger, waiting, Y, "resident", at(2021, 10, 10))
+    projections = world.projections(f"sqlite:///{tmp_path / 'views.sqlite'}")
+    try:
+        end = world.ledger.recorder.max_notification_id() or 0
+        projections.wait(end)
+        from_memory = CoverageAnswerer(world.ledger, projections.projection)
+        from_store = CoverageAnswerer(world.ledger)
+        for person in (paid, waiting, people.born(date(1973, 3, 3))):
+            request = json.dumps({"id_number": person, "date": "2022-05-01"}).encode()
+            quick = from_memory.quick(request)
+            # When a hospital asks about each of them, then the projection answers the people it
+            # holds without reading the store, with the answer the event store gives
+            memory, store = json.loads(from_memory.reply(request)), json.loads(from_store.reply(request))
+            assert {k: v for k, v in memory.items() if k != "ledger_seq"} == {k: v for k, v in store.items() if k != "ledger_seq"}
+            assert memory["ledger_seq"] == end
+            if person in (paid, waiting):
+                assert quick is not None
+            else:
+                assert quick is None, "an unknown person is looked up in the store"
+                assert memory["status"] == "not_enrolled"
+        assert json.loads(from_memory.reply(json.dumps({"id_number": paid, "date": "2022-05-01"}).encode()))["covered"] is True
+    finally:
+        projections.close()
