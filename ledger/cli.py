@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except BrokenPipeError:  # `ledger audit … | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -633,6 +637,9 @@ def _report(args: argparse.Namespace) -> int:
     }
     for name, rows in sections.items():
         columns = None
+        if name == "cash":
+            rows = [_in_yuan(r) for r in rows]
+            columns = ("collector", "balance", "received", "remitted", "oldest_unremitted_at", "days_held", "overdue", "over_limit")
         if name == "districts":
             rows = [_in_yuan(r) for r in rows]
             columns = ("district", "district_name", "target", "enrolled", "rate_percent", "goal_percent",
