@@ -36,6 +36,7 @@ flagged. The threshold is the policy's ``adverse_selection_days``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 from datetime import datetime
@@ -65,6 +66,8 @@ RULES = (
 
 _DEATH_EFFECTS = frozenset({"DeathRegistered", "CoverageEnded"})
 """Events that follow from a death itself, never flagged as ``after_death``."""
+
+_HOUR = 3600.0
 
 _EFFECT_DATES = {"SubsidyListed": "listed_on", "DeathRegistered": "date_of_death"}
 """Facts whose effect is a date of their own, not the message's time."""
@@ -97,7 +100,7 @@ class FraudRules:
         read apart from LEDGER, and runs ahead of it in a replay): flagged when it is."""
         self._deaths_lock = threading.Lock()
         self.contacts: dict[tuple[str, str], dict[str, tuple[str | None, int]]] = {}
-        self.operators: dict[str, tuple[str | None, list[float]]] = {}
+        self.operators: dict[str, tuple[str | None, dict[str, Any]]] = {}
 
     # ---- raising ----------------------------------------------------------------------------
 
@@ -304,10 +307,10 @@ class FraudRules:
         operator = event.source.operator_id
         state = self.operators.get(operator)
         if state is None and self.view.fresh:
-            state = (None, [])
+            state = (None, {"times": [], "flagged_until": 0.0})
         if state is None:
             rows = self.view.db.query("SELECT home_district, recent FROM operators WHERE operator_id = ?", (operator,))
-            state = (rows[0][0], json.loads(rows[0][1])) if rows else (None, [])
+            state = (rows[0][0], json.loads(rows[0][1])) if rows else (None, {"times": [], "flagged_until": 0.0})
         home, recent = state
         district = event.district or person.district
         if home is None:
@@ -318,19 +321,36 @@ class FraudRules:
                 f"operator {operator} (district {home}) enrolled person {person.person_key} in district {district}",
                 parameters={}, ledger=[seq], coverage_year=event.coverage_year, raised_at=event.timestamp,
             )
-        moment = event.source.effective_at.timestamp()
-        recent = [t for t in recent if moment - 3600 < t <= moment] + [moment]
+        recent = self._burst(operator, recent, event, seq)
+        self.operators[operator] = (home, recent)
+        self.view.stage("operators", (operator, home, json.dumps(recent)))
+
+    def _burst(self, operator: str, recent: dict[str, Any], event: Any, seq: int) -> dict[str, Any]:
+        """More than the limit within any one hour that contains this enrollment, whatever the
+        order the enrollments reach the ledger in (a batch is saved person by person); one flag
+        per burst."""
         limit = self.thresholds.operator_burst_per_hour
-        if len(recent) == limit + 1:  # once per burst: when it goes over the limit
+        moment = event.source.effective_at.timestamp()
+        times: list[float] = recent["times"]
+        bisect.insort(times, moment)
+        latest = times[-1]
+        del times[: bisect.bisect_left(times, latest - 2 * _HOUR)]  # older ones can no longer matter
+        busiest, window_end = 0, moment
+        for start in times[bisect.bisect_right(times, moment - _HOUR) : bisect.bisect_right(times, moment)]:
+            # the hour [start, start + 1 h): 61 enrollments a minute apart span exactly one hour
+            count = bisect.bisect_left(times, start + _HOUR) - bisect.bisect_left(times, start)
+            if count > busiest:
+                busiest, window_end = count, start + _HOUR
+        flagged_until = recent["flagged_until"]
+        if busiest > limit and moment > flagged_until:
             self.raise_flag(
                 "operator_anomaly", f"operator:{operator}", f"{seq}:burst",
-                f"operator {operator} recorded {len(recent)} enrollments within one hour",
+                f"operator {operator} recorded {busiest} enrollments within one hour",
                 parameters={"operator_burst_per_hour": limit}, ledger=[seq], coverage_year=event.coverage_year,
                 raised_at=event.timestamp,
             )
-        recent = recent[-(limit + 1):]
-        self.operators[operator] = (home, recent)
-        self.view.stage("operators", (operator, home, json.dumps(recent)))
+            flagged_until = window_end
+        return {"times": times, "flagged_until": flagged_until}
 
     def _adverse_selection(self, event: Any, person: InsuredPerson, seq: int) -> None:
         enrollment = person.enrollments.get(event.coverage_year)

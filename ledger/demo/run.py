@@ -248,6 +248,7 @@ def _report(
             {"kind": p.kind, "rule": p.rule, "subject_key": p.subject_key, "caught": p.caught} for p in report.planted
         ],
         "expected_rejections": _counts(r.reason for r in season.bad_input),
+        "example_id_number": _example(season),
     }
 
 
@@ -258,11 +259,16 @@ def _counts(items: Any) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _next_steps(season: Season, data_dir: Path) -> None:
-    example = next(
+def _example(season: Season) -> str:
+    """A resident who paid in the period: someone worth looking up after the demo."""
+    return next(
         (m.body["id_number"] for m in season.messages if m.subject == "upstream.payment.received" and "id_number" in m.body),
-        "<ID number>",
+        "",
     )
+
+
+def _next_steps(season: Season, data_dir: Path) -> None:
+    example = _example(season) or "<ID number>"
     d = f"--data-dir {data_dir}"
     print(
         "\nThe demo's ledger stays in", data_dir, "— try:\n"

@@ -12,6 +12,7 @@ never read back from the policy object.
 from __future__ import annotations
 
 import json
+import random
 from datetime import date, datetime, timedelta
 
 import msgspec
@@ -653,6 +654,19 @@ def test_operator_anomaly__61_enrollments_by_one_operator_within_an_hour_are_fla
     assert (flag.subject_key, flag.position, flag.ledger) == ("operator:op-09", f"{seq}:burst", [seq])
     assert flag.parameters == {"operator_burst_per_hour": OPERATOR_BURST_PER_HOUR}
     assert "61 enrollments within one hour" in flag.detail
+
+
+def test_operator_anomaly__a_burst_reaching_the_ledger_out_of_order_is_flagged_once(office: Office, people: People) -> None:
+    # When an operator's 64 enrollments of 40 minutes reach the ledger shuffled (as a batch saved
+    # person by person may record them)
+    start = at(2021, 9, 12, 9)
+    burst = [enrollment(p, start + timedelta(seconds=37 * i), operator="op-11") for i, p in enumerate(people.many(64))]
+    random.Random(7).shuffle(burst)
+    office.send(*burst)
+    # Then the burst is flagged, once
+    flag = only(office.flags("operator_anomaly"))
+    assert flag.subject_key == "operator:op-11" and flag.position.endswith(":burst")
+    assert "enrollments within one hour" in flag.detail
 
 
 def test_operator_anomaly__61_enrollments_spread_over_a_full_hour_are_not_flagged(

@@ -1,0 +1,65 @@
+"""``ledger demo`` at a small size, and the README's commands after it, run as a newcomer would.
+
+The demo publishes its season through the upstream contract into a ``ledger serve`` process on an
+embedded nats-server; here it must finish, give every piece of bad input exactly the rejection
+the simulation expects, and catch every planted fraud case. Then the lines the README tells a
+newcomer to try are run, unchanged, in a fresh directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PEOPLE = 400
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "LEDGER_PERSON_KEY_SECRET", "LEDGER_VIEWS")}
+    return subprocess.run(
+        args, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(tmp_path: Path) -> None:
+    # Given a fresh directory, as a newcomer's checkout would be (with the project's .venv)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    # When the demo runs at a small size
+    demo = _run(
+        [sys.executable, "-m", "ledger.cli", "demo", "--people", str(PEOPLE), "--report", "data/demo/report.html"],
+        tmp_path,
+    )
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+
+    # Then it reports, and every planted case was caught
+    summary = json.loads((tmp_path / "data/demo/demo.json").read_text())
+    assert summary["status"] == "done" and summary["people"] == PEOPLE
+    assert summary["planted"], "the season plants fraud"
+    assert [p for p in summary["planted"] if not p["caught"]] == []
+    assert {p["rule"] for p in summary["planted"]} >= {"after_death", "shared_contact", "cash_unremitted"}
+    # And each piece of bad input got exactly the rejection the simulation expected
+    assert summary["rejections"] == summary["expected_rejections"]
+    # And most of the population is enrolled, as in a real season
+    assert 0.85 * summary["target"] <= summary["enrolled"] <= summary["target"]
+    for heading in ("Enrollment rate per district", "Rejections by reason", "Fraud flags by rule", "Planted fraud"):
+        assert heading in demo.stdout
+    page = (tmp_path / "data/demo/report.html").read_text()
+    assert page.count("<svg") == 2 and "Planted fraud" in page and "<script" not in page
+
+    # When the README's lines for after the demo run, unchanged, in that directory
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- demo-commands -->\n```sh\n(.*?)```", readme, re.S)
+    assert block, "the README marks the commands to try after the demo"
+    script = "set -euo pipefail\n" + block.group(1)
+    run = _run(["bash", "-c", script], tmp_path)
+    # Then every one of them works
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "covered" in run.stdout and "timeline" in run.stdout
+    assert "enrollment and funds per district" in run.stdout
+    assert re.search(r"replayed [\d,]+ ledger events and [\d,]+ rejections", run.stdout)
+    assert (tmp_path / "districts.csv").read_text().startswith("district,")
