@@ -3,8 +3,9 @@
 Layout of the LEDGER stream (``architecture.md``, decision 1):
 
 - ``<prefix>.evt.<aggregate id>``: one subject per aggregate; the message body is the stored
-  event's state, its headers carry ``Ledger-Topic`` and ``Ledger-Version``; the stream
-  sequence is the notification id;
+  event's state, its headers carry ``Ledger-Topic``, ``Ledger-Version`` and the aggregate's hash
+  chain (``Ledger-Prev-Hash``, ``Ledger-Hash``: see ``event_hash``); the stream sequence is the
+  notification id;
 - ``<prefix>.trk.<application>``: tracking records (``Ledger-Tracking-Id``), written in the same
   atomic batch as the events they accompany.
 
@@ -20,7 +21,8 @@ import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -52,6 +54,20 @@ T = TypeVar("T")
 TOPIC = "Ledger-Topic"
 VERSION = "Ledger-Version"
 TRACKING_ID = "Ledger-Tracking-Id"
+HASH = "Ledger-Hash"
+PREV_HASH = "Ledger-Prev-Hash"
+GENESIS_HASH = "0" * 64
+"""``Ledger-Prev-Hash`` of an aggregate's first event."""
+
+
+def event_hash(previous: str, subject: str, version: str, topic: str, data: bytes) -> str:
+    """The hash an event carries (``Ledger-Hash``): SHA-256 over the previous event's hash, the
+    event's subject, version, topic and body. Changing any event of an aggregate breaks every
+    later link of its chain; ``ledger verify`` recomputes them."""
+    digest = hashlib.sha256()
+    digest.update(f"{previous}\n{subject}\n{version}\n{topic}\n".encode())
+    digest.update(data)
+    return digest.hexdigest()
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
 
@@ -75,6 +91,8 @@ class _Last:
 
     position: int
     seq: int
+    hash: str | None = None
+    """The last event's ``Ledger-Hash`` (None for tracking subjects and unchained messages)."""
 
 
 @dataclass(frozen=True)
@@ -264,7 +282,7 @@ class JetStreamDatastore:
                 break
             seq = page[-1].seq + 1
         if messages:
-            self._remember(subject, _Last(_position(messages[-1]), messages[-1].seq))
+            self._remember(subject, _Last(_position(messages[-1]), messages[-1].seq, messages[-1].headers.get(HASH)))
         return messages
 
     def last_message(self, stream: str, subject: str) -> StoredMessage | None:
@@ -279,7 +297,7 @@ class JetStreamDatastore:
             chunk = list(subjects[start : start + _MULTI_LAST_CHUNK])
             found.extend(self.get(stream, {"multi_last": chunk, "batch": len(chunk)}, batch=True))
         for m in found:
-            self._remember(m.subject, _Last(_position(m), m.seq))
+            self._remember(m.subject, _Last(_position(m), m.seq, m.headers.get(HASH)))
         return found
 
     def read_range(self, stream: str, first_seq: int, count: int) -> list[StoredMessage]:
@@ -301,7 +319,7 @@ class JetStreamDatastore:
 
     def _refresh(self, stream: str, subject: str) -> _Last:
         message = self.last_message(stream, subject)
-        last = _Last(_position(message), message.seq) if message else _Last(0, 0)
+        last = _Last(_position(message), message.seq, message.headers.get(HASH)) if message else _Last(0, 0)
         self._remember(subject, last, force=True)
         return last
 
@@ -358,7 +376,7 @@ class JetStreamDatastore:
             except ValueError as e:
                 raise ProgrammingError(str(e)) from e
             for subject, last_index in plan.last_index.items():
-                self._remember(subject, _Last(plan.positions[last_index], seqs[last_index]))
+                self._remember(subject, _Last(plan.positions[last_index], seqs[last_index], plan.hashes.get(last_index)))
             return seqs[: len(plan.events)]
         raise OperationalError(f"append gave up after {_MAX_ATTEMPTS} attempts on changing subjects")
 
@@ -377,11 +395,22 @@ class JetStreamDatastore:
         return None
 
     def _messages(self, plan: _Plan) -> list[OutgoingMessage]:
+        """The messages to send, with what is known now: each subject's expected last sequence
+        on its first message, and on every event the hash chain of its aggregate
+        (``Ledger-Prev-Hash``: the previous event's ``Ledger-Hash``)."""
         messages = []
+        chain: dict[str, str] = {}
+        plan.hashes = {}
         for i, (subject, data, headers) in enumerate(plan.drafts):
             if plan.first_index.get(subject) == i:
                 last = self._last.get(subject)
                 headers = {**headers, EXPECTED_LAST_SUBJECT_SEQUENCE: str(last.seq if last else 0)}
+                chain[subject] = (last.hash or "") if last is not None and last.seq else GENESIS_HASH
+            if TOPIC in headers:
+                previous = chain[subject]
+                own = event_hash(previous, subject, headers[VERSION], headers[TOPIC], data)
+                headers = {**headers, PREV_HASH: previous, HASH: own}
+                chain[subject] = plan.hashes[i] = own
             messages.append(OutgoingMessage(subject, data, headers))
         return messages
 
@@ -416,6 +445,8 @@ class _Plan:
     last_index: dict[str, int]
     subjects: frozenset[str]
     tracking_subject: str | None
+    hashes: dict[int, str] = field(default_factory=dict)
+    """Each event's ``Ledger-Hash``, by index, as last sent."""
 
     @classmethod
     def build(
