@@ -6,6 +6,7 @@
     ledger audit ID_NUMBER                                               a person's history and flags
     ledger report [--district D] [--year Y]                              districts, funds, cash, flags
     ledger replay [--until T] [--views URL]                              rebuild every view afresh
+    ledger verify [--public-key PEM]                                     hash chains and checkpoints
     ledger demo [--people N] [--report FILE]                             a Hefei season end to end
     ledger asyncapi [--output FILE]                                      the AsyncAPI document
 
@@ -160,6 +161,19 @@ def _parser() -> argparse.ArgumentParser:
     _views_option(replay, default=None)
     replay.set_defaults(run=_replay)
 
+    verify = commands.add_parser(
+        "verify",
+        help="recompute the ledger's hash chains and signed checkpoints; report the first inconsistency",
+        description="Reads LEDGER and its checkpoints, recomputes every event's hash chain and every "
+        "checkpoint digest, checks the signatures, and reports the first inconsistency. Exit 0: intact; 1: not.",
+    )
+    verify.add_argument(
+        "--public-key", type=Path, action="append", default=None,
+        help="a trusted signing key (PEM; repeatable); default DATA_DIR/signing-key.pem.pub if present",
+    )  # fmt: skip
+    _store_options(verify)
+    verify.set_defaults(run=_verify)
+
     demo = commands.add_parser(
         "demo",
         help="a Hefei enrollment season end to end on embedded defaults (make demo)",
@@ -287,21 +301,28 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
         queries = CoverageQueryService(ledger, broker, projections.projection)
         await queries.start(broker.config.connection_state.connection)
+        checkpoints = start_checkpoints(ledger, data_dir)
         await broker.start()
         url_file.write_text(url)
         log.info("event=ready nats=%s stream=LEDGER consumer=%s", url, service.settings.durable)
         print(f"ledger serving on {url}", flush=True)
+        interval = float(os.environ.get("LEDGER_CHECKPOINT_SECONDS", "60"))
+        next_checkpoint = time.monotonic() + interval
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
                 projections.check()  # a failed projection stops the service loudly
+            if time.monotonic() >= next_checkpoint:
+                await asyncio.to_thread(_checkpoint, checkpoints)
+                next_checkpoint = time.monotonic() + interval
         log.info(
             "event=stopping recorded=%d rejected=%d questions=%d",
             service.stats.recorded, service.stats.rejected, queries.answered,
         )  # fmt: skip
         await queries.stop()
         await broker.stop()
+        await asyncio.to_thread(_checkpoint, checkpoints)
     finally:
         url_file.unlink(missing_ok=True)
         if projections is not None:
@@ -325,6 +346,27 @@ def start_projections(ledger: Any, url: str, views_url: str) -> Any:
     return Projections(
         ledger_env=dict(ledger.env), views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger, publish=True
     )
+
+
+def start_checkpoints(ledger: Any, data_dir: Path) -> Any:
+    """Signed checkpoints of LEDGER (tamper evidence), with the key from LEDGER_SIGNING_KEY_FILE
+    or, by default, DATA_DIR/signing-key.pem (created once; its public half beside it)."""
+    from ledger.jetstream.evidence import Checkpointer, SigningKey
+
+    path = Path(os.environ.get("LEDGER_SIGNING_KEY_FILE") or data_dir / "signing-key.pem")
+    key = SigningKey.local(path)
+    log.info("event=checkpoints key_id=%s", key.key_id())
+    return Checkpointer(ledger.recorder.datastore, key)
+
+
+def _checkpoint(checkpoints: Any) -> None:
+    try:
+        last = checkpoints.checkpoint()
+    except Exception as e:  # noqa: BLE001 - retried at the next interval; the events are safe
+        log.warning("event=checkpoint_failed error=%r", e)
+        return
+    if last is not None:
+        log.info("event=checkpoint last_seq=%d", last)
 
 
 def _redacted(url: str) -> str:
@@ -744,6 +786,31 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
+
+
+# ---- verify --------------------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ledger.jetstream.evidence import key_id, verify
+
+    keys = args.public_key or [p for p in [args.data_dir / "signing-key.pem.pub"] if p.exists()]
+    trusted = {key_id(p.read_text()) for p in keys} if keys else None
+    store = _Store(args)
+    try:
+        report = verify(store.ledger.recorder.datastore, trusted_keys=trusted)
+    finally:
+        store.close()
+    print(
+        f"{report.messages:,} messages, {report.events:,} events, {report.checkpoints} checkpoints verified "
+        f"(the last up to LEDGER {report.last_checkpoint_seq})"
+        + ("" if trusted else "; no trusted key given: signatures checked against the keys they carry")
+    )
+    if report.ok:
+        print("intact: every hash chain and checkpoint holds")
+        return 0
+    print(f"NOT INTACT: {report.findings[0]}")
+    return 1
 
 
 # ---- demo ----------------------------------------------------------------------------------------
