@@ -66,3 +66,20 @@ def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(
     assert "intact: every hash chain and checkpoint holds" in run.stdout
     checkpoints = re.search(r"(\d+) checkpoints verified", run.stdout)
     assert checkpoints and int(checkpoints.group(1)) >= 1, "ledger serve signs a checkpoint when it stops"
+
+
+def test_the_readme_walk_through_with_the_example_messages_works_as_written(tmp_path: Path) -> None:
+    # Given a fresh directory with the project's .venv and example messages
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "docs").symlink_to(ROOT / "docs")
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- serve-commands -->\n```sh\n(.*?)```", readme, re.S)
+    assert block, "the README marks its walk through"
+    # When its lines run unchanged
+    run = _run(["bash", "-c", "set -euo pipefail\n" + block.group(1)], tmp_path, timeout=180)
+    # Then the service started, took the messages, answered from the views, and stopped cleanly
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-2000:]
+    assert "published 1 messages on upstream.subsidy.listed" in run.stderr
+    assert re.search(r'covered\s+│ True', run.stdout), run.stdout  # dibao roster: paid its 10% share
+    assert "amount_mismatch" in run.stdout, "the wrong payment is rejected, and reported"
+    assert "event=stopped" in (tmp_path / "serve.log").read_text()
