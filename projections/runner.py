@@ -68,7 +68,13 @@ class RejectionsReader:
         import nats
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
-        nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        async def on_error(e: Exception) -> None:
+            if isinstance(e, nats.errors.SlowConsumerError):
+                # Never silently lost: a rejection the client dropped stops the projections loudly.
+                self.error = RuntimeError(f"rejections reader fell behind and lost messages: {e!r}")
+                self._stop.set()
+
+        nc = await nats.connect(self.url, max_reconnect_attempts=-1, error_cb=on_error)
         try:
             js = nc.jetstream()
             after = self.view.max_tracking_id(REJECTED_TRACKING) or 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from collections.abc import Sequence
 from typing import Any
@@ -216,7 +217,16 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
 
 
 class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
-    """Live notifications after ``gt``, in order, from an ordered push consumer on the stream."""
+    """Notifications after ``gt``, in order, with nothing lost however far the reader lags.
+
+    While behind the end of the stream it reads pages by batched direct get (with read-ahead):
+    the reader sets the pace, nothing piles up. At the end it follows the stream live with an
+    ordered push consumer from the next sequence. Should the reader then fall behind by more
+    than the live buffer holds, the consumer is dropped at the first message that did not fit
+    and reading goes back to pages from there — a push consumer outrunning its reader would
+    otherwise have the client drop messages (nats-py's slow-consumer limits) that the ordered
+    consumer never delivers again.
+    """
 
     _STOP = object()
 
@@ -224,45 +234,92 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         self._buffer: queue.Queue[Any] = queue.Queue(maxsize=_SUBSCRIPTION_BUFFER)
         self._wanted = frozenset(topics)
-        client = recorder.datastore.client
-        self._client = client
-        self._sub = client.run(self._start(gt))
+        self._client = recorder.datastore.client
+        self._next_seq = (gt or 0) + 1
+        """The next stream sequence to read from pages."""
+        self._page: deque[Notification | int] = deque()
+        self._sub: Any = None
+        self._generation = 0
+        self._behind_from: int | None = None
+        """Set by the live consumer: the first sequence it could not buffer."""
+        self.fell_behind = 0
+        """How often the reader fell behind the live consumer and went back to pages."""
 
-    async def _start(self, gt: int | None) -> Any:
+    # ---- reading ----------------------------------------------------------------------------
+
+    def __next__(self) -> Notification:
+        while not self._has_been_stopped:
+            while self._page:
+                item = self._page.popleft()
+                if type(item) is not int:
+                    return item  # type: ignore[return-value]
+            if self._sub is None:
+                self._read_page()
+                continue
+            try:
+                item = self._buffer.get(timeout=0.05)
+            except queue.Empty:
+                if self._behind_from is not None:
+                    self._back_to_pages()
+                continue
+            if item is self._STOP:
+                break
+            if isinstance(item, BaseException):
+                raise OperationalError(f"subscription failed: {item}") from item
+            return item  # type: ignore[no-any-return]
+        raise StopIteration
+
+    def _read_page(self) -> None:
+        page = self._recorder._read_page(self._next_seq, _NOTIFICATION_PAGE, self._wanted)
+        if page:
+            last = page[-1]
+            self._next_seq = (last if type(last) is int else last.id) + 1  # type: ignore[union-attr]
+            self._page.extend(page)
+        if len(page) < _NOTIFICATION_PAGE:
+            self._follow_live()
+
+    def _follow_live(self) -> None:
+        self._generation += 1
+        self._behind_from = None
+        self._sub = self._client.run(self._start(self._next_seq, self._generation))
+
+    def _back_to_pages(self) -> None:
+        assert self._behind_from is not None
+        self._next_seq, self._behind_from = self._behind_from, None
+        self.fell_behind += 1
+        self._generation += 1  # late messages of the dropped consumer are ignored
+        sub, self._sub = self._sub, None
+        self._unsubscribe(sub)
+
+    # ---- the live consumer (on the client's event loop) -------------------------------------
+
+    async def _start(self, first_seq: int, generation: int) -> Any:
         js = self._client.nc.jetstream(timeout=self._client.timeout)
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if gt else DeliverPolicy.ALL,
-            opt_start_seq=gt + 1 if gt else None,
-        )
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq)
+
+        async def on_message(msg: Msg) -> None:
+            await self._on_message(msg, generation)
+
         # No filter subject: a wildcard filter makes the server walk every aggregate's subject
         # on large streams. Tracking records are skipped here instead.
-        return await js.subscribe(
-            "",
-            stream=self._recorder.stream,
-            ordered_consumer=True,
-            config=config,
-            cb=self._on_message,
-        )
+        return await js.subscribe("", stream=self._recorder.stream, ordered_consumer=True, config=config, cb=on_message)
 
-    async def _on_message(self, msg: Any) -> None:
-        if self._has_been_stopped:
+    async def _on_message(self, msg: Msg, generation: int) -> None:
+        if self._has_been_stopped or generation != self._generation or self._behind_from is not None:
             return
+        seq = msg.metadata.sequence.stream
         try:
-            notification = self._recorder._notification(
-                msg.metadata.sequence.stream, msg.subject, msg, self._wanted
-            )
+            notification = self._recorder._notification(seq, msg.subject, msg, self._wanted)
         except Exception as e:  # noqa: BLE001 - surfaced to the iterating thread
             notification = e
         if type(notification) is int:
             return
-        while True:  # back-pressure: hold the consumer (flow control) while the reader lags
-            try:
-                self._buffer.put_nowait(notification)
-                return
-            except queue.Full:
-                if self._has_been_stopped:
-                    return
-                await asyncio.sleep(0.005)
+        try:
+            self._buffer.put_nowait(notification)
+        except queue.Full:
+            self._behind_from = seq  # the reader reads on from here by pages
+
+    # ---- stopping ---------------------------------------------------------------------------
 
     def stop(self) -> None:
         if self._has_been_stopped:
@@ -272,20 +329,16 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             self._buffer.put_nowait(self._STOP)
         except queue.Full:
             pass
+        sub, self._sub = self._sub, None
+        self._unsubscribe(sub)
+
+    def _unsubscribe(self, sub: Any) -> None:
+        if sub is None:
+            return
         try:
-            self._client.run(self._sub.unsubscribe(), timeout=self._client.timeout)
+            self._client.run(sub.unsubscribe(), timeout=self._client.timeout)
         except Exception:  # noqa: BLE001 - the consumer expires on the server by itself
             pass
-
-    def __next__(self) -> Notification:
-        while not self._has_been_stopped:
-            item = self._buffer.get()
-            if item is self._STOP:
-                break
-            if isinstance(item, BaseException):
-                raise OperationalError(f"subscription failed: {item}") from item
-            return item
-        raise StopIteration
 
 
 class JetStreamTrackingRecorder(TrackingRecorder):

@@ -120,3 +120,35 @@ def test_a_save_larger_than_an_atomic_batch_is_refused_whole(recorder: JetStream
 
     recorder.insert_events([stored(aggregate_id, v) for v in range(1, 1001)])  # the limit itself is fine
     assert recorder.max_notification_id() == 1000
+
+
+def test_a_subscription_whose_reader_falls_far_behind_loses_nothing(datastores: Datastores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live reader slower than the writers: the small live buffer overflows, the subscription
+    goes back to reading pages from the first message that did not fit, and every notification
+    still arrives once, in order (a push consumer left to run ahead would have the client drop
+    messages the ordered consumer never sends again)."""
+    import time as _time
+    import uuid as _uuid
+
+    from eventsourcing.persistence import StoredEvent
+
+    from ledger.jetstream import recorders
+
+    monkeypatch.setattr(recorders, "_SUBSCRIPTION_BUFFER", 20)
+    recorder = recorders.JetStreamApplicationRecorder(datastores.new())
+    recorder.create_stream()
+    recorder.insert_events([StoredEvent(_uuid.uuid4(), 1, "topic", b"{}") for _ in range(50)])
+    subscription = recorder.subscribe(gt=None)
+    received: list[int] = []
+    with subscription:
+        for notification in subscription:
+            received.append(notification.id)
+            if len(received) == 50:  # caught up and following live: now writers race ahead
+                for _ in range(6):
+                    recorder.insert_events([StoredEvent(_uuid.uuid4(), 1, "topic", b"{}") for _ in range(200)])
+            if len(received) < 120:
+                _time.sleep(0.002)  # a slow reader
+            if len(received) == 1250:
+                break
+    assert received == list(range(1, 1251))
+    assert subscription.fell_behind >= 1, "the live buffer overflowed and reading went back to pages"
