@@ -24,6 +24,7 @@ from faststream.params import NoCast
 from faststream.specification import AsyncAPI
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
 from consumers.ingest import Delivery, Ingestor, Verdict
 from consumers.schemas import SCHEMAS
 from consumers.streams import REJECTED_PREFIX, UPSTREAM_SUBJECTS, Rejection, encode_rejection
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 GAP_WAIT = 0.25
 """Seconds to wait before asking again when earlier messages are still out for redelivery."""
+
+HEADER_ROOM = 1024
+"""Bytes of a NATS message kept for a rejection's headers (the rest may hold its JSON)."""
 
 UpstreamMessage = Union[tuple(SCHEMAS.values())]  # type: ignore[valid-type]  # noqa: UP007
 """Any of the contract's upstream messages (documented in the AsyncAPI document)."""
@@ -113,6 +117,7 @@ class IngestService:
             ),
             pull_sub=PullSub(batch_size=settings.batch_size, timeout=settings.fetch_timeout, batch=True),
             ack_policy=AckPolicy.MANUAL,
+            decoder=_bodies_as_sent,
             title="ledger ingestion",
             description=(
                 "Every upstream fact of the contract, in stream order, in batches: each message is "
@@ -130,18 +135,31 @@ class IngestService:
         """
         if self._done is None:
             self._done = await self._ack_floor()
-        ready, later = self._in_order(sorted(message.raw_message, key=lambda m: m.metadata.sequence.stream))
-        deliveries = [
+        raws = sorted(message.raw_message, key=lambda m: m.metadata.sequence.stream)
+        ready, later = self._in_order(raws)
+        missing: list[Delivery] = []
+        if later and not ready:
+            # An earlier message is out and not here: with a consumer that died (redelivered
+            # after ack_wait), or lost on its way to this client. Either way it is in the stream:
+            # read it from there and apply it first, in order, rather than hold everything behind
+            # it for ack_wait. Its own delivery comes back later, a duplicate acknowledged so.
+            missing = await self._read_missing(self._done + 1, later[0].metadata.sequence.stream)
+            if missing:
+                self._done = missing[-1].stream_seq
+                ready, later = self._in_order(later)
+        deliveries = missing + [
             Delivery(m.subject, m.data, m.metadata.num_delivered, m.metadata.sequence.stream) for m in ready
         ]
         try:
             verdicts = await asyncio.to_thread(self.ingestor.process, deliveries) if deliveries else []
             await self._store_rejections(deliveries, verdicts)
         except Exception as e:  # noqa: BLE001 - nothing is acknowledged: all of it comes again
-            log.warning("batch of %d not handled (%r): redelivering it", len(ready), e)
-            verdicts = [Verdict("retry", detail=repr(e))] * len(ready)
+            log.warning("batch of %d not handled (%r): redelivering it", len(deliveries), e)
+            verdicts = [Verdict("retry", detail=repr(e))] * len(deliveries)
+        if missing and not all(v.final for v in verdicts[: len(missing)]):
+            self._done = missing[0].stream_seq - 1  # they come again with their redelivery
         retry = False
-        for raw, verdict in zip(ready, verdicts, strict=True):
+        for raw, verdict in zip(ready, verdicts[len(missing) :], strict=True):
             if verdict.final:
                 await raw.ack()
                 seq = raw.metadata.sequence.stream
@@ -163,6 +181,19 @@ class IngestService:
             self._failures = 0
             if later:
                 await asyncio.sleep(GAP_WAIT)
+
+    async def _read_missing(self, first: int, end: int) -> list[Delivery]:
+        """Messages ``first`` … ``end - 1`` of UPSTREAM read from the stream (at most a batch)."""
+        js = self.broker.config.connection_state.stream
+        found = []
+        for seq in range(first, min(end, first + self.settings.batch_size)):
+            try:
+                stored = await js.get_msg("UPSTREAM", seq, direct=True)
+            except Exception as e:  # noqa: BLE001 - then wait for its redelivery, as before
+                log.warning("could not read UPSTREAM %d ahead of its redelivery: %r", seq, e)
+                break
+            found.append(Delivery(stored.subject or "", stored.data or b"", 1, seq))
+        return found
 
     def _in_order(self, raws: list[Any]) -> tuple[list[Any], list[Any]]:
         """The messages that follow what is done without a gap, and those after a gap."""
@@ -189,6 +220,7 @@ class IngestService:
 
     async def _store_rejections(self, deliveries: list[Delivery], verdicts: list[Verdict]) -> None:
         js = self.broker.config.connection_state.stream
+        fits = self.broker.config.connection_state.connection.max_payload - HEADER_ROOM
         acks = []
         for delivery, verdict in zip(deliveries, verdicts, strict=True):
             if verdict.kind != "rejected":
@@ -201,7 +233,7 @@ class IngestService:
                 data=delivery.data,
                 upstream_seq=delivery.stream_seq,
                 person_key=verdict.person_key,
-            )
+            ).fitting(fits)
             acks.append(
                 js.publish(
                     f"{REJECTED_PREFIX}.{rejection.reason}",
@@ -212,6 +244,17 @@ class IngestService:
             )
         if acks:
             await asyncio.gather(*acks)
+
+
+async def _bodies_as_sent(message: Any) -> Any:
+    """The pull's bodies, undecoded: ``handle`` decodes each with its subject's schema.
+
+    FastStream's default decoder would first ``json.loads`` every body, and a body that makes it
+    raise (JSON nested thousands deep, a number of more than 4,300 digits, or any malformed body
+    with a JSON content-type header) would fail the whole pull before ``handle`` runs: nothing
+    acknowledged, the same failure at every redelivery, the ingestion stalled behind it.
+    """
+    return message.body
 
 
 def asyncapi_document(service: IngestService) -> dict[str, Any]:

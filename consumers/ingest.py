@@ -22,7 +22,7 @@ import msgspec
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from consumers.commands import apply
-from consumers.schemas import Upstream, decode
+from consumers.schemas import Text, Upstream, decode
 from ledger.application import Ledger
 from ledger.domain.refusals import Refusal
 
@@ -109,6 +109,9 @@ class Ingestor:
             return decode(delivery.subject, delivery.data)
         except Refusal as refusal:
             return Verdict("rejected", _msg_id_of(delivery.data), reason=refusal.reason, detail=refusal.detail)
+        except Exception as e:  # noqa: BLE001 - decoding fails alike at every delivery: never retried
+            log.error("parking a message on %s that could not be decoded: %r", delivery.subject, e)
+            return Verdict("rejected", _msg_id_of(delivery.data), reason=UNPROCESSABLE, detail=repr(e)[:500])
 
     def _apply(self, message: Upstream) -> Verdict:
         try:
@@ -141,12 +144,13 @@ def _id_numbers(messages: list[Upstream | Verdict]) -> list[str]:
 
 
 class _MsgId(msgspec.Struct):
-    msg_id: str | None = None
+    msg_id: Text | None = None
+    """Only one of the contract's form: a huge one would not fit in the rejection."""
 
 
 def _msg_id_of(data: bytes) -> str | None:
     """The ``msg_id`` of a message that failed to decode, if one can be found in it."""
     try:
         return msgspec.json.decode(data, type=_MsgId).msg_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None

@@ -10,12 +10,15 @@ call of the ``Ledger`` application.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect
 
 from ledger.domain.refusals import Malformed
+from ledger.domain.source import CHINA_STANDARD_TIME
 
 Time = Annotated[datetime, msgspec.Meta(tz=True)]
 """A time with its offset (+08:00); a naive time is malformed."""
@@ -72,11 +75,41 @@ class Documented(msgspec.Struct, frozen=True, kw_only=True):
         return dict(components[cls.__name__])
 
 
+EARLIEST = date(1900, 1, 1)
+LATEST = date(2199, 12, 31)
+"""The days a message's dates and times (in China Standard Time) may fall on: the earliest birth
+date an ID number may carry, to a century past the last coverage year (2100). A fact dated in
+year 1 or 9999 is malformed, not a fact the ledger's calendar arithmetic should attempt."""
+
+
 class Upstream(Documented, frozen=True, kw_only=True):
     """What every upstream message carries."""
 
     msg_id: Text
     occurred_at: Time
+
+    def __post_init__(self) -> None:
+        check_days(self, _DATED[type(self)])
+        for name, pattern in _PATTERNED[type(self)]:
+            value = getattr(self, name)
+            if value is not None and pattern.fullmatch(value) is None:
+                # msgspec matches with re.search, where "$" also matches before a final newline
+                raise ValueError(f"`{name}` {value!r} does not match {pattern.pattern}")
+
+
+def check_days(message: Any, names: tuple[str, ...]) -> None:
+    """Raises ``ValueError`` (msgspec makes it a ``ValidationError``) when one of the date or
+    time fields ``names`` of ``message`` falls outside ``EARLIEST``–``LATEST``."""
+    for name in names:
+        value = getattr(message, name)
+        if value is None:
+            continue
+        try:
+            day = value.astimezone(CHINA_STANDARD_TIME).date() if isinstance(value, datetime) else value
+        except OverflowError:
+            day = None
+        if day is None or not EARLIEST <= day <= LATEST:
+            raise ValueError(f"`{name}` {value.isoformat()} is not between {EARLIEST} and {LATEST}")
 
 
 class PersonRegistered(Upstream, frozen=True, kw_only=True):
@@ -186,17 +219,54 @@ SCHEMAS: dict[str, type[Upstream]] = {
 }
 """Every upstream subject of the contract and its message."""
 
+_DATED: dict[type[Upstream], tuple[str, ...]] = {
+    schema: tuple(
+        f.name
+        for f in msgspec.inspect.type_info(schema).fields  # type: ignore[attr-defined]
+        for t in getattr(f.type, "types", (f.type,))
+        if isinstance(t, (msgspec.inspect.DateType, msgspec.inspect.DateTimeType))
+    )
+    for schema in SCHEMAS.values()
+}
+"""The date and time fields of each message (checked against ``EARLIEST``/``LATEST``)."""
+_PATTERNED: dict[type[Upstream], tuple[tuple[str, re.Pattern[str]], ...]] = {
+    schema: tuple(
+        (f.name, re.compile(t.pattern))
+        for f in msgspec.inspect.type_info(schema).fields  # type: ignore[attr-defined]
+        for t in getattr(f.type, "types", (f.type,))
+        if getattr(t, "pattern", None)
+    )
+    for schema in SCHEMAS.values()
+}
+"""The fields of each message with a pattern, which the whole value must match."""
+
 _DECODERS = {subject: msgspec.json.Decoder(schema) for subject, schema in SCHEMAS.items()}
 
 
 def decode(subject: str, data: bytes) -> Upstream:
-    """The message on ``subject``; raises ``Malformed`` naming what is wrong (and where)."""
+    """The message on ``subject``; raises ``Malformed`` naming what is wrong (and where).
+
+    A body that is not UTF-8 (anywhere, ignored fields included) is not JSON (RFC 8259 §8.1),
+    and one nested deeper than the decoder goes is refused too (§9 lets a parser limit depth):
+    either would otherwise fail the same way at every delivery.
+    """
     decoder = _DECODERS.get(subject)
     if decoder is None:
         raise Malformed(f"{subject} is not an upstream subject of the contract")
     try:
+        check_utf8(data)
         return decoder.decode(data)
     except msgspec.ValidationError as e:
         raise Malformed(str(e)) from None
     except msgspec.DecodeError as e:
         raise Malformed(f"not JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise Malformed(f"not JSON: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise Malformed("not JSON: nested too deeply") from None
+
+
+def check_utf8(data: bytes) -> None:
+    """Raises ``UnicodeDecodeError`` unless ``data`` is UTF-8 (ASCII, the usual case, is quick)."""
+    if not data.isascii():
+        data.decode("utf-8")

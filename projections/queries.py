@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from faststream.nats import NatsBroker
 
-from consumers.schemas import Documented
+from consumers.schemas import Documented, check_days, check_utf8
 from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
 from ledger.domain.identity import ResidentId
 from ledger.domain.person import person_id
@@ -52,6 +52,9 @@ class CoverageRequest(Documented, frozen=True, kw_only=True):
     id_number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     date: date
     as_of: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+    def __post_init__(self) -> None:
+        check_days(self, ("date", "as_of"))  # the days upstream messages may carry, no others
 
 
 _decode_request = msgspec.json.Decoder(CoverageRequest).decode
@@ -123,8 +126,9 @@ class _Request:
 
 def _parse(data: bytes) -> tuple[_Request | None, bytes | None]:
     try:
+        check_utf8(data)
         request = _decode_request(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         return None, _encode({"error": Malformed.reason, "detail": str(e)})
     try:
         resident = ResidentId.parse(request.id_number)

@@ -300,3 +300,52 @@ def _assert_one_outcome_each(url: str, messages: list[tuple[str, dict[str, Any]]
     expected_rejected = {body["msg_id"] for _, body in messages if body.get("amount_fen") == 100}
     assert {m for m, kind in kinds.items() if kind == "rejected"} == expected_rejected
 
+
+
+def test_a_message_held_by_a_dead_consumer_does_not_hold_the_rest_back_for_ack_wait(server: EmbeddedNatsServer) -> None:
+    """A message out with a consumer that died (or lost on its way) is read from the stream and
+    applied in its place: what follows is applied at once, in order, not after ``ack_wait``."""
+    messages = season(10, "held")
+    held: dict[str, Any] = {}
+
+    async def publish_with_one_held() -> None:
+        import nats
+
+        await publish_all(server.url, messages[:1])
+        nc = await nats.connect(server.url)
+        try:
+            # A second process on the durable pulls the first message and dies without an answer.
+            sub = await nc.jetstream().pull_subscribe("upstream.>", durable="ledger-ingest", stream="UPSTREAM")
+            (msg,) = await sub.fetch(1, timeout=5)
+            held["seq"] = msg.metadata.sequence.stream
+        finally:
+            await nc.close()
+        held["at"] = time.monotonic()
+        await publish_all(server.url, messages[1:])
+
+    async def run() -> tuple[IngestService, float]:
+        ledger = await asyncio.to_thread(
+            Ledger, {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": server.url}, keyer=PersonKeyer(SECRET.encode())
+        )
+        settings = IngestSettings(batch_size=100, ack_wait=30)
+        first = NatsBroker(server.url, logger=None)  # the ledger's consumer, made as in production
+        IngestService(ledger, first, settings)
+        await first.connect()
+        await ensure_ingest_streams(first)
+        await first.start()
+        await first.stop()
+        broker = NatsBroker(server.url, logger=None)
+        service = IngestService(ledger, broker, settings)
+        try:
+            await publish_with_one_held()
+            await broker.start()
+            await _until(lambda: service.stats.done >= len(messages), 20)
+            return service, time.monotonic() - held["at"]
+        finally:
+            await broker.stop()
+            await asyncio.to_thread(ledger.close)
+
+    service, took = asyncio.run(run())
+    # Then every message has its outcome long before the held one's ack_wait (30 s) runs out
+    assert held["seq"] == 1 and took < 15
+    _assert_one_outcome_each(server.url, messages)
