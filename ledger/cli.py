@@ -82,11 +82,24 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=int(os.environ.get("LEDGER_BATCH_SIZE", "500")), help="messages per pull (LEDGER_BATCH_SIZE)"
     )
     serve.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("NATS_REPLICAS", "1")),
+        help="replicas of the streams it creates, LEDGER, UPSTREAM and REJECTED (NATS_REPLICAS; 3 in a cluster)",
+    )
+    serve.add_argument(
         "--sync-interval",
         default=os.environ.get("LEDGER_SYNC_INTERVAL", "always"),
         help="embedded server's JetStream sync_interval (default always: fsync before acknowledging)",
     )
     serve.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_NATS_PORT", "0")), help="embedded server port (0: free)")
+    serve.add_argument(
+        "--cipher-key-file",
+        type=Path,
+        default=None,
+        help="encrypt event payloads with the key in this file (base64 AES key; or LEDGER_CIPHER_KEY / "
+        "LEDGER_CIPHER_KEY_FILE); every command reading the events needs the same key",
+    )
     _views_option(serve)
     serve.set_defaults(run=_serve)
 
@@ -291,11 +304,14 @@ async def serve(args: argparse.Namespace) -> int:
     projections = None
     url_file = data_dir / SERVE_URL_FILE
     try:
-        ledger = await asyncio.to_thread(build_ledger, url, data_dir, args.policy, embedded=server is not None)
-        broker = NatsBroker(url, logger=None)
+        os.environ["NATS_REPLICAS"] = str(args.replicas)  # the LEDGER stream's, read by the event store
+        ledger = await asyncio.to_thread(
+            build_ledger, url, data_dir, args.policy, embedded=server is not None, cipher_key_file=args.cipher_key_file
+        )
+        broker = NatsBroker(server_urls(url), logger=None)
         service = IngestService(ledger, broker, IngestSettings(batch_size=args.batch_size))
         await broker.connect()
-        await ensure_ingest_streams(broker)
+        await ensure_ingest_streams(broker, args.replicas)
         views_url = args.views or default_views_url(data_dir)
         projections = await asyncio.to_thread(start_projections, ledger, url, views_url)
         log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
@@ -304,8 +320,8 @@ async def serve(args: argparse.Namespace) -> int:
         checkpoints = start_checkpoints(ledger, data_dir)
         await broker.start()
         url_file.write_text(url)
-        log.info("event=ready nats=%s stream=LEDGER consumer=%s", url, service.settings.durable)
-        print(f"ledger serving on {url}", flush=True)
+        log.info("event=ready nats=%s stream=LEDGER consumer=%s", _redacted(url), service.settings.durable)
+        print(f"ledger serving on {_redacted(url)}", flush=True)
         interval = float(os.environ.get("LEDGER_CHECKPOINT_SECONDS", "60"))
         next_checkpoint = time.monotonic() + interval
         while not stop.is_set():
@@ -378,7 +394,9 @@ def _redacted(url: str) -> str:
     return url
 
 
-def build_ledger(url: str, data_dir: Path, policy_file: Path | None, *, embedded: bool, cache: bool = True) -> Any:
+def build_ledger(
+    url: str, data_dir: Path, policy_file: Path | None, *, embedded: bool, cache: bool = True, cipher_key_file: Path | None = None
+) -> Any:
     """The Ledger on the JetStream store at ``url``, with the region's policy."""
     from ledger.application import PERSON_KEY_SECRET, Ledger
     from ledger.domain.identity import PersonKeyer
@@ -394,8 +412,30 @@ def build_ledger(url: str, data_dir: Path, policy_file: Path | None, *, embedded
     }
     if not cache:
         env = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url}
+    env.update(cipher_settings(cipher_key_file))
     secret = person_key_secret(data_dir, embedded=embedded)
     return Ledger({**env, PERSON_KEY_SECRET: secret}, policy=load_policy(policy_file or DEFAULT_POLICY), keyer=PersonKeyer(secret.encode()))
+
+
+CIPHER_KEY = "LEDGER_CIPHER_KEY"
+CIPHER_KEY_FILE = "LEDGER_CIPHER_KEY_FILE"
+
+
+def cipher_settings(key_file: Path | None = None) -> dict[str, str]:
+    """Payload encryption with the library's cipher (AES-GCM) when a key is configured: the file
+    ``key_file`` (``serve --cipher-key-file``), else ``LEDGER_CIPHER_KEY`` (base64 of 16, 24 or 32
+    random bytes), else the file named by ``LEDGER_CIPHER_KEY_FILE``. The projections and every
+    command reading events take the ledger's environment, so they decrypt with the same key."""
+    key = "" if key_file else os.environ.get(CIPHER_KEY, "").strip()
+    path = key_file or os.environ.get(CIPHER_KEY_FILE)
+    if not key and path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as e:
+            raise SystemExit(f"cipher key file {path}: {e.strerror}") from None
+    if not key:
+        return {}
+    return {"CIPHER_TOPIC": "eventsourcing.cipher:AESCipher", "CIPHER_KEY": key}
 
 
 def person_key_secret(data_dir: Path, *, embedded: bool) -> str:
@@ -418,7 +458,12 @@ def local_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-async def ensure_ingest_streams(broker: Any) -> None:
+def server_urls(url: str) -> list[str]:
+    """The servers of a comma-separated ``NATS_URL`` (nats-py takes a list, not that string)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+async def ensure_ingest_streams(broker: Any, replicas: int = 1) -> None:
     from consumers.streams import rejected_spec, upstream_spec
 
     nc = broker.config.connection_state.connection
@@ -427,7 +472,7 @@ async def ensure_ingest_streams(broker: Any) -> None:
         reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
         return json.loads(reply.data)
 
-    for spec in (upstream_spec(), rejected_spec()):
+    for spec in (upstream_spec(replicas), rejected_spec(replicas)):
         await spec.ensure(api)
 
 
@@ -460,7 +505,7 @@ async def publish_messages(
 
     if subject not in SCHEMAS:
         raise SystemExit(f"{subject} is not an upstream subject of the contract: {', '.join(SCHEMAS)}")
-    nc = await nats.connect(url)
+    nc = await nats.connect(server_urls(url))
     js = nc.jetstream()
     pending: list[Any] = []
     count = 0
