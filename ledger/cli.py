@@ -308,7 +308,9 @@ async def serve(args: argparse.Namespace) -> int:
         ledger = await asyncio.to_thread(
             build_ledger, url, data_dir, args.policy, embedded=server is not None, cipher_key_file=args.cipher_key_file
         )
-        broker = NatsBroker(server_urls(url), logger=None)
+        # Reconnect for as long as it takes (a node or the cluster down for minutes): nats-py's
+        # default gives up after 60 attempts, and FastStream then spins on a closed connection.
+        broker = NatsBroker(server_urls(url), logger=None, max_reconnect_attempts=-1)
         service = IngestService(ledger, broker, IngestSettings(batch_size=args.batch_size))
         await broker.connect()
         await ensure_ingest_streams(broker, args.replicas)
@@ -329,6 +331,8 @@ async def serve(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
                 projections.check()  # a failed projection stops the service loudly
+                if broker.config.connection_state.connection.is_closed:
+                    raise SystemExit("the NATS connection is closed for good: stopping (a supervisor restarts the service)")
             if time.monotonic() >= next_checkpoint:
                 await asyncio.to_thread(_checkpoint, checkpoints)
                 next_checkpoint = time.monotonic() + interval
