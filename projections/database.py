@@ -15,7 +15,8 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -33,7 +34,7 @@ def sqlite_path(url: str) -> str:
     return path[1:] if path.startswith("/") else path
 
 
-class Database:
+class Database(ABC):
     """A connection to the view database, with the few operations the views need."""
 
     dialect: str
@@ -52,22 +53,21 @@ class Database:
 
     # -- implemented per dialect --------------------------------------------------------------
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        raise NotImplementedError
-        yield
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """All statements inside commit together, or none."""
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
     # -- shared ---------------------------------------------------------------------------------
 
@@ -76,8 +76,8 @@ class Database:
             rows, names = self._query_with_names(sql, params)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def _query_with_names(self, sql: str, params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], list[str]]:
-        raise NotImplementedError
+    @abstractmethod
+    def _query_with_names(self, sql: str, params: Sequence[Any]) -> tuple[list[tuple[Any, ...]], list[str]]: ...
 
 
 class SQLiteDatabase(Database):

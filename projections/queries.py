@@ -193,6 +193,7 @@ class CoverageQueryService:
         await msg.respond(reply)
 
 
-async def _document_only(request: CoverageRequest) -> dict[str, Any]:  # pragma: no cover - never subscribed
-    """Documents ``coverage.query`` for AsyncAPI; the responder is ``CoverageQueryService.start``."""
-    raise NotImplementedError("documentation only")
+async def _document_only(request: CoverageRequest) -> dict[str, Any]:
+    """Documents ``coverage.query`` for AsyncAPI. The responder is ``CoverageQueryService.start``;
+    a broker started with this documentation-only service has no ledger and says so."""
+    return {"error": "unavailable", "detail": "this service has no ledger to answer from"}

@@ -24,7 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder, WaitInterruptedError
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    ProgrammingError,
+    Tracking,
+    TrackingRecorder,
+    WaitInterruptedError,
+)
 from eventsourcing.utils import Environment, EnvType
 
 from projections.database import Database
@@ -364,11 +370,11 @@ class ViewsFactory(InfrastructureFactory[LedgerViews]):
     def tracking_recorder(self, tracking_recorder_class: type[LedgerViews] | None = None) -> LedgerViews:
         return (tracking_recorder_class or LedgerViews)(Database.open(self.url))
 
-    def aggregate_recorder(self, purpose: str = "events") -> Any:  # pragma: no cover - views only
-        raise NotImplementedError("the view database records views, not events")
+    def aggregate_recorder(self, purpose: str = "events") -> Any:
+        raise ProgrammingError("the view database records views, not events: use ledger.jetstream for events")
 
-    def application_recorder(self) -> Any:  # pragma: no cover
-        raise NotImplementedError("the view database records views, not events")
+    def application_recorder(self) -> Any:
+        raise ProgrammingError("the view database records views, not events: use ledger.jetstream for events")
 
-    def process_recorder(self) -> Any:  # pragma: no cover
-        raise NotImplementedError("the view database records views, not events")
+    def process_recorder(self) -> Any:
+        raise ProgrammingError("the view database records views, not events: use ledger.jetstream for events")
