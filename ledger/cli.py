@@ -315,11 +315,11 @@ async def serve(args: argparse.Namespace) -> int:
         await broker.connect()
         await ensure_ingest_streams(broker, args.replicas)
         views_url = args.views or default_views_url(data_dir)
-        projections = await asyncio.to_thread(start_projections, ledger, url, views_url)
+        projections = await asyncio.to_thread(start_projections, ledger, url, views_url, args.replicas)
         log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
         queries = CoverageQueryService(ledger, broker, projections.projection)
         await queries.start(broker.config.connection_state.connection)
-        checkpoints = start_checkpoints(ledger, data_dir)
+        checkpoints = start_checkpoints(ledger, data_dir, args.replicas)
         await broker.start()
         url_file.write_text(url)
         log.info("event=ready nats=%s stream=LEDGER consumer=%s", _redacted(url), service.settings.durable)
@@ -359,16 +359,17 @@ SERVE_URL_FILE = "serve.url"
 """Written by a running ``ledger serve`` in its data directory: other commands use its server."""
 
 
-def start_projections(ledger: Any, url: str, views_url: str) -> Any:
+def start_projections(ledger: Any, url: str, views_url: str, replicas: int = 1) -> Any:
     """The live projections of ``ledger`` into ``views_url``, publishing coverage downstream."""
     from projections.runner import Projections
 
     return Projections(
-        ledger_env=dict(ledger.env), views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger, publish=True
-    )
+        ledger_env=dict(ledger.env), views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger,
+        publish=True, replicas=replicas,
+    )  # fmt: skip
 
 
-def start_checkpoints(ledger: Any, data_dir: Path) -> Any:
+def start_checkpoints(ledger: Any, data_dir: Path, replicas: int = 1) -> Any:
     """Signed checkpoints of LEDGER (tamper evidence), with the key from LEDGER_SIGNING_KEY_FILE
     or, by default, DATA_DIR/signing-key.pem (created once; its public half beside it)."""
     from ledger.jetstream.evidence import Checkpointer, SigningKey
@@ -376,7 +377,7 @@ def start_checkpoints(ledger: Any, data_dir: Path) -> Any:
     path = Path(os.environ.get("LEDGER_SIGNING_KEY_FILE") or data_dir / "signing-key.pem")
     key = SigningKey.local(path)
     log.info("event=checkpoints key_id=%s", key.key_id())
-    return Checkpointer(ledger.recorder.datastore, key)
+    return Checkpointer(ledger.recorder.datastore, key, replicas=replicas)
 
 
 def _checkpoint(checkpoints: Any) -> None:

@@ -55,10 +55,13 @@ async def ensure_downstream(nc: Any, replicas: int = 1) -> None:
 
     await coverage_stream_spec(replicas).ensure(api)
     js = nc.jetstream()
-    await js.create_key_value(
-        KeyValueConfig(bucket=COVERAGE_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas,
-                       description="latest coverage per person and coverage year (ledger projections)")
-    )
+    try:
+        await js.key_value(COVERAGE_BUCKET)  # an existing bucket is used as it is
+    except Exception:  # noqa: BLE001 - missing: created
+        await js.create_key_value(
+            KeyValueConfig(bucket=COVERAGE_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas,
+                           description="latest coverage per person and coverage year (ledger projections)")
+        )
 
 
 class CoveragePublisher:
@@ -66,10 +69,10 @@ class CoveragePublisher:
 
     BATCH = 1000
 
-    def __init__(self, database: Database, nats_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, database: Database, nats_url: str, *, timeout: float = 10.0, replicas: int = 1) -> None:
         self.db = database
         self.client = NatsClient(nats_url, timeout=timeout)
-        self.client.run(ensure_downstream(self.client.nc))
+        self.client.run(ensure_downstream(self.client.nc, replicas))
         self.published = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -125,7 +128,9 @@ class CoveragePublisher:
                 f"{CHANGED_PREFIX}.{district or 'unknown'}", message.encode(), headers={"Nats-Msg-Id": f"changed/{seq}/{key}"}
             ))
         if acks:
-            await asyncio.gather(*acks)
+            # Bounded: an acknowledgement lost with a crashed server must not hold publication
+            # (and a graceful stop) for long; the rows stay in the outbox and go again, deduplicated.
+            await asyncio.wait_for(asyncio.gather(*acks), timeout=self.client.timeout)
 
     def drain(self, timeout: float = 30.0) -> None:
         """Publish everything in the outbox now (used before stopping)."""

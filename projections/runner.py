@@ -36,6 +36,11 @@ log = logging.getLogger("ledger.projections")
 REJECTED_STREAM = "REJECTED"
 
 
+def servers(url: str) -> list[str]:
+    """The servers of a comma-separated NATS URL (nats-py takes a list, not that string)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 def views_env(ledger_env: dict[str, str], views_url: str) -> dict[str, str]:
     """The runner's environment: the ledger's store for the application, the view database
     (prefixed with the projection's name, as the library reads it) for the view."""
@@ -74,7 +79,7 @@ class RejectionsReader:
                 self.error = RuntimeError(f"rejections reader fell behind and lost messages: {e!r}")
                 self._stop.set()
 
-        nc = await nats.connect(self.url, max_reconnect_attempts=-1, error_cb=on_error)
+        nc = await nats.connect(servers(self.url), max_reconnect_attempts=-1, error_cb=on_error)
         try:
             js = nc.jetstream()
             after = self.view.max_tracking_id(REJECTED_TRACKING) or 0
@@ -137,6 +142,7 @@ class Projections:
         publish: bool = True,
         until: datetime | None = None,
         rejected_stream: str = REJECTED_STREAM,
+        replicas: int = 1,
     ) -> None:
         source = stream_source(nats_url, ledger_env.get("NATS_STREAM", "LEDGER"))
         if source is not None:
@@ -158,7 +164,7 @@ class Projections:
         self.projection: LedgerProjection = self.runner.projection  # type: ignore[assignment]
         self.publisher: CoveragePublisher | None = None
         if publish:
-            self.publisher = CoveragePublisher(self.view.db, nats_url)
+            self.publisher = CoveragePublisher(self.view.db, nats_url, replicas=replicas)
             self.view.after_commit(self.publisher.notify)
         self.rejections = RejectionsReader(nats_url, self.projection, stream=rejected_stream)
 
@@ -217,7 +223,7 @@ def stream_source(nats_url: str, stream: str) -> str | None:
     import nats
 
     async def ask() -> str | None:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(servers(nats_url))
         try:
             reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)
             info = json.loads(reply.data)
@@ -235,7 +241,7 @@ def stream_last_seq(nats_url: str, stream: str) -> int:
     import nats
 
     async def ask() -> int:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(servers(nats_url))
         try:
             try:
                 info = await nc.jetstream().stream_info(stream)
