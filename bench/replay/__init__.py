@@ -34,8 +34,8 @@ itself on the library's in-memory (POPO) store, so every event is one the rules 
   They record nothing on LEDGER; they are written to REJECTED as ``ledger serve`` records
   rejections, so the replay also reads REJECTED (its rows and the flags they raise).
 
-Times: the rules judge by the message times and the ``backdated`` rule compares them with the
-wall-clock recorded time, so the season is the last 30 days before now (in the concentrated
+Times: the rules judge by the message times; the season is the last 30 days before now, as a
+live ledger would see it, (in the concentrated
 period Sep 1 – Dec 31 of funding year F = this year). ``deploy/policy/hefei.toml`` stops at
 funding year 2021, so the benchmark's policy adds a **synthetic funding year F** copying 2021's
 figures, version ``hefei-2021.1+bench-fyF`` (printed as a NOTE). Outside Sep 2 – Dec 31 the

@@ -70,9 +70,10 @@ committee that stops remitting its cash (→ ``cash_unremitted``); a receipt num
 second time (refused ``duplicate_receipt`` → ``receipt_reused``); an operator enrolling more than
 ``operator_burst_per_hour`` people within an hour (→ ``operator_anomaly``).
 
-Other rules flag an honest season too, by design: ``backdated`` for every fact replayed long
-after it happened, and ``adverse_selection`` for every outside-period enrollment without a
-waiting period (newborns, veterans, timely transfers, migrant workers, new assistance recipients).
+Other rules flag an honest season too, by design: ``backdated`` for coverage decided
+retroactively (newborns from birth, migrants paying in February covered from January 1) and
+deaths registered late, and ``adverse_selection`` for migrants paying in the extension with no
+coverage the year before (the simulated population has no earlier year).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Each test gets its own nats-server (it starts in ~30 ms): the ingestion's UPSTRE
 streams have fixed names, so one server per test keeps every test's rejections its own.
 
 The policy's dates are old: Hefei's table ends at funding year 2021 (coverage year 2022), so
-facts about enrollments are dated 2021–2022 and recorded now, and the ledger rightly flags every
-one of them ``backdated``. Tests of the other rules therefore read the flags of their own rule.
+facts about enrollments are dated 2021–2022 (the ``backdated`` rule compares an effect with the
+message's own time, so that alone raises nothing). Tests read the flags of their own rule.
 """
 
 from __future__ import annotations
