@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         "--replicas",
         type=int,
         default=int(os.environ.get("NATS_REPLICAS", "1")),
-        help="replicas of the streams it creates, LEDGER, UPSTREAM and REJECTED (NATS_REPLICAS; 3 in a cluster)",
+        help="replicas of the streams it creates: LEDGER, UPSTREAM, REJECTED, LEDGER_CHECKPOINTS, COVERAGE and the "
+        "coverage bucket (NATS_REPLICAS; 3 in a cluster)",
     )
     serve.add_argument(
         "--sync-interval",

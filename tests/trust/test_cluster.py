@@ -1,6 +1,8 @@
 """The ledger on a three-node JetStream cluster (three nats-server processes on loopback) while
 nodes are killed: every acknowledged upstream message keeps exactly one outcome, the replicas of
-LEDGER end identical, the service never stops and its views catch up.
+LEDGER (and UPSTREAM, REJECTED) end identical, node by node, read from each node's own files; the
+service never stops, its views catch up, its coverage changes reach KV and COVERAGE, and it still
+stops gracefully. Every stream it creates is R3.
 
 Figures (``TRUST-FIGURES`` lines with ``pytest -s``, and ``figures.json`` in the test's tmp dir):
 messages ingested, outcomes lost and doubled (both must be 0), which nodes were killed.
@@ -62,9 +64,8 @@ def test_losing_one_node_then_another_keeps_one_outcome_per_message_and_identica
     started = time.monotonic()
     messages = season(PEOPLE, seed="cluster")
     first, second, third = messages[:2400], messages[2400:3700], messages[3700:]
-    # serve knows one server; the others it learns from the cluster (nats-py's discovered
-    # servers) and fails over to them. Its connections all start on n1.
-    serve = LedgerServe(cluster.urls[0], tmp_path / "data", tmp_path / "serve.log", "--replicas", "3").start()
+    # serve is given every server (NATS_URL's comma-separated form) and fails over among them.
+    serve = LedgerServe(cluster.url, tmp_path / "data", tmp_path / "serve.log", "--replicas", "3").start()
     serves.append(serve)
     urls = cluster.urls
 
@@ -91,14 +92,13 @@ def test_losing_one_node_then_another_keeps_one_outcome_per_message_and_identica
     )
     cluster.restart(victim1)
 
-    # 2. Then another node: the one serve's connections started on if it is still up, else the
-    #    LEDGER leader now (both are never the node just restarted).
+    # 2. Then another node: the ingestion consumer's leader, else the LEDGER leader, else any
+    #    other than the one just restarted.
     acked |= asyncio.run(publish_reliably(urls, third))
     wait_until(lambda: floor() >= len(first) + len(second) + 300, 90, "more messages to be applied", alive=serve)
-    victim2 = 0 if victim1 != 0 else cluster.leader("LEDGER")
-    if victim2 == victim1:
-        victim2 = next(i for i in range(cluster.size) if i != victim1)
-    kill(victim2, "serve's first server" if victim2 == 0 else "LEDGER leader")
+    roles = {"ingestion consumer leader": cluster.leader("UPSTREAM", "ledger-ingest"), "LEDGER leader": cluster.leader("LEDGER")}
+    why, victim2 = next(((w, i) for w, i in roles.items() if i != victim1), ("a follower", (victim1 + 1) % cluster.size))
+    kill(victim2, why)
     at_kill = kills[-1]["acked_at_kill"]
     kills[-1]["recovered_in_s"] = round(
         wait_until(lambda: floor() >= min(at_kill + 300, len(messages)), 90, "progress with another node down", alive=serve), 1
@@ -112,12 +112,13 @@ def test_losing_one_node_then_another_keeps_one_outcome_per_message_and_identica
     ledger_seq, rejected_seq = last_event_seq(url), stream_messages(url, "REJECTED")
     views = tmp_path / "data" / "views.sqlite"
     wait_until(lambda: views_caught_up(views, ledger_seq, rejected_seq), 60, "the views to catch up", alive=serve)
+    wait_until(lambda: views_state(views)["outbox"] == 0, 60, "coverage changes to reach KV and COVERAGE", alive=serve)
     assert serve.alive and serve.started == 1, "the service ran through both failures without a restart"
 
     figures = outcome_figures(url, messages, acked)
     replication = {s: cluster.stream_info(s)["config"]["num_replicas"] for s in (*STREAMS, "COVERAGE", "KV_coverage")}
     view_counts = views_state(views)
-    stopped = serve.stop(timeout=10)
+    stopped = serve.stop(timeout=30)
     cluster.stop()
     copies = {s: [read_copy(cluster, i, s, tmp_path / "copies") for i in range(cluster.size)] for s in STREAMS}
     report(tmp_path, "cluster: SIGKILL two nodes in turn during ingestion", {
@@ -136,8 +137,9 @@ def test_losing_one_node_then_another_keeps_one_outcome_per_message_and_identica
     assert figures["lost"] == 0, f"acknowledged messages without an outcome: {figures['lost_examples']}"
     assert figures["doubled"] == 0, f"messages with two outcomes: {figures['doubled_examples']}"
     assert not figures["unexpected_rejections"] and not figures["missing_rejections"], "each person's facts in order"
+    assert replication == dict.fromkeys(replication, 3), f"every stream R3: {replication}"
+    assert stopped == 0, "serve stops gracefully on SIGTERM"
     for stream in STREAMS:
-        assert replication[stream] == 3, f"{stream} is R{replication[stream]}"
         assert len({(c.messages, c.first_seq, c.last_seq, c.digest) for c in copies[stream]}) == 1, (
             f"{stream} differs between the nodes' files: {copies[stream]}"
         )
