@@ -31,6 +31,7 @@ from typing import Any
 
 log = logging.getLogger("ledger")
 
+
 DEFAULT_DATA_DIR = Path("data")
 
 
@@ -287,6 +288,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     from consumers.app import IngestService, IngestSettings
     from ledger.jetstream.server import EmbeddedNatsServer
+    from ledger.jetstream.client import server_urls
     from projections.queries import CoverageQueryService
 
     data_dir: Path = args.data_dir
@@ -464,11 +466,6 @@ def local_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-def server_urls(url: str) -> list[str]:
-    """The servers of a comma-separated ``NATS_URL`` (nats-py takes a list, not that string)."""
-    return [u.strip() for u in url.split(",") if u.strip()]
-
-
 async def ensure_ingest_streams(broker: Any, replicas: int = 1) -> None:
     from consumers.streams import rejected_spec, upstream_spec
 
@@ -508,6 +505,7 @@ async def publish_messages(
     import nats
 
     from consumers.schemas import SCHEMAS
+    from ledger.jetstream.client import server_urls
 
     if subject not in SCHEMAS:
         raise SystemExit(f"{subject} is not an upstream subject of the contract: {', '.join(SCHEMAS)}")

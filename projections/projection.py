@@ -183,14 +183,19 @@ class LedgerProjection(Projection[LedgerViews]):
             self.fraud.on_day(day, self.collectors.values(), seq, event.timestamp)
 
     def _person_before(self, event: Any) -> InsuredPerson | None:
-        if event.originator_version == 1:
+        return self._before(event, self.persons.get(event.originator_id))
+
+    def _before(self, event: Any, cached: Any) -> Any:
+        """The aggregate as it was just before ``event``: the cached one if it is at that version,
+        else read from the event store at that version (None before a first event)."""
+        version = event.originator_version - 1
+        if version == 0:
             return None
-        person = self.persons.get(event.originator_id)
-        if person is None or person.version != event.originator_version - 1:
-            if self.load is None:
-                raise LookupError(f"person {event.originator_id} v{event.originator_version - 1} is not cached and no loader is set")
-            person = self.load(event.originator_id, event.originator_version - 1)
-        return person
+        if cached is not None and cached.version == version:
+            return cached
+        if self.load is None:
+            raise LookupError(f"{event.originator_id} v{version} is not cached and no loader is set")
+        return self.load(event.originator_id, version)
 
     def _stage_person(self, person: InsuredPerson, event: Any, seq: int) -> None:
         self.view.stage(
@@ -239,12 +244,7 @@ class LedgerProjection(Projection[LedgerViews]):
     # ---- cash and targets -------------------------------------------------------------------
 
     def _on_collector(self, event: Any, seq: int) -> None:
-        before = self.collectors.get(event.originator_id) if event.originator_version > 1 else None
-        if event.originator_version > 1 and (before is None or before.version != event.originator_version - 1):
-            if self.load is None:
-                raise LookupError(f"collector {event.originator_id} is not cached and no loader is set")
-            before = self.load(event.originator_id, event.originator_version - 1)
-        collector: CashCollector = event.mutate(before)
+        collector: CashCollector = event.mutate(self._before(event, self.collectors.get(event.originator_id)))
         self.collectors[event.originator_id] = collector
         oldest = collector.oldest_unremitted()
         self.view.stage(
@@ -259,15 +259,7 @@ class LedgerProjection(Projection[LedgerViews]):
         self.fraud.on_collector_event(event, collector, seq)
 
     def _fold_target(self, event: Any) -> DistrictTarget:
-        if event.originator_version == 1:
-            target = event.mutate(None)
-        else:
-            target = self.targets.get(event.originator_id)
-            if target is None or target.version != event.originator_version - 1:
-                if self.load is None:
-                    raise LookupError(f"target {event.originator_id} is not cached and no loader is set")
-                target = self.load(event.originator_id, event.originator_version - 1)
-            target = event.mutate(target)
+        target: DistrictTarget = event.mutate(self._before(event, self.targets.get(event.originator_id)))
         self.targets[event.originator_id] = target
         return target
 

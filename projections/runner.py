@@ -26,6 +26,7 @@ from eventsourcing.projection import ProjectionRunner
 from consumers.streams import decode_rejection
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
+from ledger.jetstream.client import server_urls
 from projections.database import Database
 from projections.downstream import CoveragePublisher
 from projections.projection import LedgerProjection
@@ -34,11 +35,6 @@ from projections.views import REJECTED_TRACKING, LedgerViews
 log = logging.getLogger("ledger.projections")
 
 REJECTED_STREAM = "REJECTED"
-
-
-def servers(url: str) -> list[str]:
-    """The servers of a comma-separated NATS URL (nats-py takes a list, not that string)."""
-    return [u.strip() for u in url.split(",") if u.strip()]
 
 
 def views_env(ledger_env: dict[str, str], views_url: str) -> dict[str, str]:
@@ -79,7 +75,7 @@ class RejectionsReader:
                 self.error = RuntimeError(f"rejections reader fell behind and lost messages: {e!r}")
                 self._stop.set()
 
-        nc = await nats.connect(servers(self.url), max_reconnect_attempts=-1, error_cb=on_error)
+        nc = await nats.connect(server_urls(self.url), max_reconnect_attempts=-1, error_cb=on_error)
         try:
             js = nc.jetstream()
             after = self.view.max_tracking_id(REJECTED_TRACKING) or 0
@@ -223,7 +219,7 @@ def stream_source(nats_url: str, stream: str) -> str | None:
     import nats
 
     async def ask() -> str | None:
-        nc = await nats.connect(servers(nats_url))
+        nc = await nats.connect(server_urls(nats_url))
         try:
             reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)
             info = json.loads(reply.data)
@@ -241,7 +237,7 @@ def stream_last_seq(nats_url: str, stream: str) -> int:
     import nats
 
     async def ask() -> int:
-        nc = await nats.connect(servers(nats_url))
+        nc = await nats.connect(server_urls(nats_url))
         try:
             try:
                 info = await nc.jetstream().stream_info(stream)

@@ -354,7 +354,7 @@ class NatsClient:
         options.setdefault("error_cb", quiet)
         nc = _LedgerConnection()
         connecting = nc.connect(
-            [u.strip() for u in url.split(",")],
+            server_urls(url),
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
@@ -648,3 +648,8 @@ class NatsClient:
         if ack.error is None and ack.count not in (0, len(messages)):
             raise NatsUnavailableError(f"JetStream acknowledged {ack.count} of {len(messages)} messages")
         return ack
+
+
+def server_urls(url: str) -> list[str]:
+    """The servers of a comma-separated NATS URL (nats-py takes a list, not that string)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
