@@ -178,7 +178,11 @@ class LedgerViews(TrackingRecorder):
         self._commit_now = threading.Event()
         self._committed = threading.Condition(threading.Lock())
         self._staged: dict[str, Any] = {}
+        self._deleted: dict[str, set[tuple[Any, ...]]] = {}
         self._reset_stage()
+        self._pending = threading.local()
+        """Per staging thread (the projection's, the rejections reader's): the rows of the event
+        it is processing, not committable before that event's ``insert_tracking``."""
         self._positions: dict[str, int] = {}
         self._staged_events = 0
         self._first_staged_at: float | None = None
@@ -205,27 +209,65 @@ class LedgerViews(TrackingRecorder):
 
     # ---- staging (the projection's thread) ------------------------------------------------------
 
+    @staticmethod
+    def _empty_stage() -> tuple[dict[str, Any], dict[str, set[tuple[Any, ...]]]]:
+        return (
+            {table: ({} if keyed else []) for table, (_, keyed) in _STATEMENTS.items()},
+            {table: set() for table in _DELETES},
+        )
+
     def _reset_stage(self) -> None:
-        self._staged = {table: ({} if keyed else []) for table, (_, keyed) in _STATEMENTS.items()}
-        self._deleted: dict[str, set[tuple[Any, ...]]] = {table: set() for table in _DELETES}
+        self._staged, self._deleted = self._empty_stage()
+
+    def _event_stage(self) -> tuple[dict[str, Any], dict[str, set[tuple[Any, ...]]]]:
+        """The calling thread's stage of the event it is processing."""
+        pending = getattr(self._pending, "stage", None)
+        if pending is None:
+            pending = self._pending.stage = self._empty_stage()
+        return pending
 
     def stage(self, table: str, row: tuple[Any, ...]) -> None:
-        """Stage one row for ``table`` (the later row for the same key wins)."""
-        with self._lock:
-            staged = self._staged[table]
-            if isinstance(staged, dict):
-                key = row[: _KEYS[table]]
-                staged[key] = row
-                if table in self._deleted:
-                    self._deleted[table].discard(key)
-            else:
-                staged.append(row)
+        """Stage one row for ``table`` (the later row for the same key wins).
+
+        The row belongs to the event the calling thread is processing: it becomes committable
+        with that event's ``insert_tracking``, never before (a commit in between — the flusher's,
+        or the last one at a stop after a failure — cannot write it without its position)."""
+        staged, deleted = self._event_stage()
+        rows = staged[table]
+        if isinstance(rows, dict):
+            key = row[: _KEYS[table]]
+            rows[key] = row
+            if table in deleted:
+                deleted[table].discard(key)
+        else:
+            rows.append(row)
 
     def unstage(self, table: str, key: tuple[Any, ...]) -> None:
         """Stage the deletion of the row of ``table`` with this key (a staged upsert of it too)."""
-        with self._lock:
-            self._staged[table].pop(key, None)
-            self._deleted[table].add(key)
+        staged, deleted = self._event_stage()
+        staged[table].pop(key, None)
+        deleted[table].add(key)
+
+    def _take_event_stage_locked(self) -> None:
+        """Move the calling thread's event rows into what the next commit writes (``_lock`` held)."""
+        pending = getattr(self._pending, "stage", None)
+        if pending is None:
+            return
+        self._pending.stage = None
+        staged, deleted = pending
+        for table, keys in deleted.items():
+            for key in keys:
+                self._staged[table].pop(key, None)
+                self._deleted[table].add(key)
+        for table, rows in staged.items():
+            if not rows:
+                continue
+            if isinstance(rows, dict):
+                self._staged[table].update(rows)
+                if table in self._deleted:
+                    self._deleted[table].difference_update(rows.keys())
+            else:
+                self._staged[table].extend(rows)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the committing thread) after every commit."""
@@ -239,6 +281,8 @@ class LedgerViews(TrackingRecorder):
         slow database holds the projection back instead of memory filling up)."""
         with self._lock:
             self._raise_if_failed()
+            # The event's rows and its position become committable together, atomically.
+            self._take_event_stage_locked()
             self._positions[tracking.application_name] = tracking.notification_id
             self._staged_events += 1
             staged = self._staged_events
@@ -252,9 +296,12 @@ class LedgerViews(TrackingRecorder):
     def commit(self) -> None:
         """Write everything staged and the positions in one transaction.
 
-        Commits are serialised (``_committing``); staging continues while one is written."""
+        Commits are serialised (``_committing``); staging continues while one is written. Rows
+        of an event whose position is not yet inserted are not written — except the calling
+        thread's own, when it commits explicitly (rows staged outside any tracked event)."""
         with self._committing:
             with self._lock:
+                self._take_event_stage_locked()
                 if not self._positions and not any(self._staged.values()) and not any(self._deleted.values()):
                     return
                 staged, deleted, positions = self._staged, self._deleted, dict(self._positions)
