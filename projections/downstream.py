@@ -10,9 +10,12 @@ commit, then deletes what the server acknowledged:
   day the change takes effect.
 
 Both carry ``Nats-Msg-Id`` derived from the ledger sequence, so a batch published again after a
-crash (published, not yet deleted from the outbox) is dropped by the server as a duplicate; on
-start the publisher also skips a KV value whose ``ledger_seq`` the bucket already holds, which
-covers restarts after the duplicate window. A watcher sees each change once, in ledger order.
+crash (published, not yet deleted from the outbox) is dropped by the server as a duplicate, and
+the headers ``Ledger-Seq`` and ``Ledger-Source``. Beyond the duplicate window, publication is
+decided per target when the publisher starts: COVERAGE has this ledger's changes up to the
+``Ledger-Seq`` of its last message from this source (publication is in ledger order), the bucket
+has a row when the person's value is at that ``ledger_seq`` or later. A row is done (deleted)
+only when both targets have it. A watcher sees each change once, in ledger order.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from ledger.jetstream.client import NatsClient
@@ -32,6 +36,10 @@ log = logging.getLogger("ledger.downstream")
 COVERAGE_BUCKET = "coverage"
 COVERAGE_STREAM = "COVERAGE"
 CHANGED_PREFIX = "coverage.changed"
+LEDGER_SEQ = "Ledger-Seq"
+"""Header of both targets' messages: the ledger sequence of the change."""
+LEDGER_SOURCE = "Ledger-Source"
+"""Header of both targets' messages: the ledger stream it comes from (``<stream>@<created>``)."""
 
 
 def coverage_stream_spec(replicas: int = 1, duplicate_window_s: float = 600.0) -> StreamSpec:
@@ -65,21 +73,55 @@ async def ensure_downstream(nc: Any, replicas: int = 1) -> None:
 
 
 class CoveragePublisher:
-    """Publishes the outbox after each commit (a thread of its own; see the module docstring)."""
+    """Publishes the outbox after each commit (a thread of its own; see the module docstring).
+
+    Publication is decided **per target**. When it starts (or is activated), the publisher
+    learns what each target already holds: COVERAGE up to the ledger sequence of the last
+    message this ledger published there (publication is in ledger order), and the bucket key by
+    key (a person's value and its ``ledger_seq``), for every row that may have gone out before:
+    the outbox as it was then, and up to the last value this ledger put in the bucket. A row
+    leaves the outbox only when both targets have it — so a crash between the KV put and the
+    COVERAGE publish sends the COVERAGE message once on the next start, and a standby taking
+    over with views built while another process published re-sends nothing either holds.
+
+    ``active=False``: a standby's publisher, keeping the outbox without publishing it until
+    ``activate()``.
+    """
 
     BATCH = 1000
+    SCAN_BACK = 4096
+    """How far back (messages) a start looks in COVERAGE and the bucket for this ledger's last."""
 
-    def __init__(self, database: Database, nats_url: str, *, timeout: float = 10.0, replicas: int = 1) -> None:
+    def __init__(
+        self, database: Database, nats_url: str, *, timeout: float = 10.0, replicas: int = 1, active: bool = True,
+        source: str | None = None,
+    ) -> None:
         self.db = database
         self.client = NatsClient(nats_url, timeout=timeout)
         self.client.run(ensure_downstream(self.client.nc, replicas))
         self.published = 0
+        self.source = source
+        """The ledger stream (``<stream>@<created>``) the changes come from, in the messages'
+        ``Ledger-Source`` header; by default the one the views are bound to."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._first = True
+        self._active = threading.Event()
+        if active:
+            self._active.set()
+        self._resume: _Resume | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="coverage-publisher", daemon=True)
         self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        return self._active.is_set()
+
+    def activate(self) -> None:
+        """Start publishing (a standby taking over): what the targets hold is looked up first."""
+        self._resume = None
+        self._active.set()
+        self._wake.set()
 
     def notify(self) -> None:
         self._wake.set()
@@ -88,13 +130,14 @@ class CoveragePublisher:
         while True:
             self._wake.wait(0.5)
             self._wake.clear()
-            try:
-                while self._publish_some():
-                    pass
-            except Exception as e:  # noqa: BLE001 - retried; the outbox keeps every change
-                self.error = e
-                log.warning("event=publish_failed error=%r (retrying)", e)
-                self._stopping.wait(1.0)
+            if self._active.is_set():
+                try:
+                    while self._publish_some():
+                        pass
+                except Exception as e:  # noqa: BLE001 - retried; the outbox keeps every change
+                    self.error = e
+                    log.warning("event=publish_failed error=%r (retrying)", e)
+                    self._stopping.wait(1.0)
             if self._stopping.is_set():
                 return
 
@@ -106,38 +149,100 @@ class CoveragePublisher:
         )
         if not rows:
             return False
-        self.client.run(self._publish(rows, check_kv=self._first), timeout=60)
-        self._first = False
+        if self._resume is None:
+            self._resume = self.client.run(self._resume_point(), timeout=60)
+        self.client.run(self._publish(rows, self._resume), timeout=60)
         with self.db.transaction():
             self.db.executemany("DELETE FROM outbox WHERE ledger_seq = ? AND person_key = ?", [(r[0], r[1]) for r in rows])
         self.published += len(rows)
         self.error = None
         return len(rows) == self.BATCH
 
-    async def _publish(self, rows: list[tuple[Any, ...]], *, check_kv: bool) -> None:
+    def _source(self) -> str | None:
+        if self.source is None:
+            rows = self.db.query("SELECT value FROM meta WHERE name = 'source'")
+            self.source = rows[0][0] if rows else None
+        return self.source
+
+    async def _resume_point(self) -> _Resume:
+        """What the targets already hold of this ledger's changes (looked up once per start)."""
+        source = self._source()
+        backlog = self.db.query("SELECT MAX(ledger_seq) FROM outbox")[0][0] or 0
+        changed = await self._last_published(COVERAGE_STREAM, source)
+        kv = await self._last_published(f"KV_{COVERAGE_BUCKET}", source)
+        resume = _Resume(changed_through=changed, check_kv_through=max(backlog, kv))
+        log.info(
+            "event=publisher_resumes coverage_through=%d kv_checked_through=%d source=%s",
+            resume.changed_through, resume.check_kv_through, source,
+        )
+        return resume
+
+    async def _last_published(self, stream: str, source: str | None) -> int:
+        """The ledger sequence of the last message of ``source`` in ``stream`` (0: none found
+        within ``SCAN_BACK`` messages of its end, or no source)."""
+        if source is None:
+            return 0
+        from nats.js.errors import NotFoundError
+
         js = self.client.nc.jetstream(timeout=self.client.timeout)
-        kv = await js.key_value(COVERAGE_BUCKET) if check_kv else None
+        info = await js.stream_info(stream)
+        last, first = int(info.state.last_seq), int(info.state.first_seq)
+        floor = max(first, last - self.SCAN_BACK + 1, 1)
+
+        async def get(seq: int) -> Any:
+            try:
+                return await js.get_msg(stream, seq)
+            except NotFoundError:  # deleted (a bucket keeps a few values per key)
+                return None
+
+        page = 64
+        while last >= floor:
+            start = max(floor, last - page + 1)
+            messages = await asyncio.gather(*(get(seq) for seq in range(start, last + 1)))
+            ours = [
+                int(m.headers[LEDGER_SEQ]) for m in messages
+                if m is not None and m.headers and m.headers.get(LEDGER_SOURCE) == source and LEDGER_SEQ in m.headers
+            ]  # fmt: skip
+            if ours:
+                return max(ours)
+            last = start - 1
+        return 0
+
+    async def _publish(self, rows: list[tuple[Any, ...]], resume: _Resume) -> None:
+        js = self.client.nc.jetstream(timeout=self.client.timeout)
+        kv = await js.key_value(COVERAGE_BUCKET) if rows[0][0] <= resume.check_kv_through else None
+        in_kv: list[bool] = [False] * len(rows)
+        if kv is not None:
+            checked = [i for i, row in enumerate(rows) if row[0] <= resume.check_kv_through]
+            found = await asyncio.gather(*(_kv_has(kv, rows[i][1], rows[i][0]) for i in checked))
+            for i, has in zip(checked, found, strict=True):
+                in_kv[i] = has
+        source = self._source()
         acks = []
-        for seq, key, district, value, message in rows:
-            if kv is not None and await _kv_has(kv, key, seq):
-                continue  # published before a restart longer ago than the duplicate window
-            acks.append(await js.publish_async(
-                f"$KV.{COVERAGE_BUCKET}.{key}", value.encode(), headers={"Nats-Msg-Id": f"kv/{seq}/{key}"}
-            ))
-            acks.append(await js.publish_async(
-                f"{CHANGED_PREFIX}.{district or 'unknown'}", message.encode(), headers={"Nats-Msg-Id": f"changed/{seq}/{key}"}
-            ))
+        for i, (seq, key, district, value, message) in enumerate(rows):
+            headers = {LEDGER_SEQ: str(seq)}
+            if source is not None:
+                headers[LEDGER_SOURCE] = source
+            if not in_kv[i]:
+                acks.append(await js.publish_async(
+                    f"$KV.{COVERAGE_BUCKET}.{key}", value.encode(), headers={**headers, "Nats-Msg-Id": f"kv/{seq}/{key}"}
+                ))
+            if seq > resume.changed_through:
+                acks.append(await js.publish_async(
+                    f"{CHANGED_PREFIX}.{district or 'unknown'}", message.encode(),
+                    headers={**headers, "Nats-Msg-Id": f"changed/{seq}/{key}"},
+                ))
         if acks:
             # Bounded: an acknowledgement lost with a crashed server must not hold publication
             # (and a graceful stop) for long; the rows stay in the outbox and go again, deduplicated.
             await asyncio.wait_for(asyncio.gather(*acks), timeout=self.client.timeout)
 
     def drain(self, timeout: float = 30.0) -> None:
-        """Publish everything in the outbox now (used before stopping)."""
+        """Publish everything in the outbox now (used before stopping; nothing while inactive)."""
         import time
 
         deadline = time.monotonic() + timeout
-        while self.db.query("SELECT COUNT(*) FROM outbox")[0][0] and time.monotonic() < deadline:
+        while self._active.is_set() and self.db.query("SELECT COUNT(*) FROM outbox")[0][0] and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.02)
 
@@ -147,6 +252,16 @@ class CoveragePublisher:
         self._wake.set()
         self._thread.join()
         self.client.close()
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """What the targets held when publication (re)started."""
+
+    changed_through: int
+    """COVERAGE holds this ledger's changes up to this ledger sequence."""
+    check_kv_through: int
+    """Rows up to this ledger sequence may already be in the bucket: looked up key by key."""
 
 
 async def _kv_has(kv: Any, key: str, seq: int) -> bool:

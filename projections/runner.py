@@ -139,7 +139,10 @@ class Projections:
         until: datetime | None = None,
         rejected_stream: str = REJECTED_STREAM,
         replicas: int = 1,
+        standby: bool = False,
     ) -> None:
+        """``standby``: keep the outbox (with ``publish``) but publish it only once
+        ``publisher.activate()`` is called (a standby taking over)."""
         source = stream_source(nats_url, ledger_env.get("NATS_STREAM", "LEDGER"))
         if source is not None:
             views = LedgerViews(Database.open(views_url))
@@ -160,7 +163,7 @@ class Projections:
         self.projection: LedgerProjection = self.runner.projection  # type: ignore[assignment]
         self.publisher: CoveragePublisher | None = None
         if publish:
-            self.publisher = CoveragePublisher(self.view.db, nats_url, replicas=replicas)
+            self.publisher = CoveragePublisher(self.view.db, nats_url, replicas=replicas, active=not standby, source=source)
             self.view.after_commit(self.publisher.notify)
         self.rejections = RejectionsReader(nats_url, self.projection, stream=rejected_stream)
 
