@@ -1,16 +1,22 @@
 """The ingestion service: a FastStream NATS broker with one durable JetStream pull consumer.
 
 One consumer reads ``upstream.>`` in stream order, in batches: the order of each person's facts
-across subjects (an enrollment before its payment) is kept, and one ``save()`` records a whole
-batch. A message is acknowledged only once its outcome is durable: its events saved, or its
-rejection stored on REJECTED. Transient failures are retried (the failed message and the rest
-of its batch are redelivered next, after a back-off), never turned into rejections.
+across subjects (an enrollment before its payment) is kept, and one atomic append records a
+whole batch: its events, its rejections and parkings, and the UPSTREAM position it reached
+(``consumers.ingest``). A message at or below the recorded position is acknowledged without being
+decided again. Transient failures are retried (the failed message and the rest of its batch are
+redelivered next, after a back-off), never turned into rejections.
+
+Any number of services may run on one set of streams: the one holding the writer lease
+(``consumers.lease``) ingests; the others stand by (their consumer stopped) and take over when
+the lease expires. A writer whose fence was claimed by another steps down at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
@@ -25,18 +31,17 @@ from faststream.specification import AsyncAPI
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
-from consumers.ingest import Delivery, Ingestor, Verdict
+from consumers.ingest import UPSTREAM_STREAM, Delivery, Ingestor, Journal, Verdict, decode_parked
+from consumers.lease import WriterLease
 from consumers.schemas import SCHEMAS
-from consumers.streams import REJECTED_PREFIX, UPSTREAM_SUBJECTS, Rejection, encode_rejection
+from consumers.streams import UPSTREAM_SUBJECTS
 from ledger.application import Ledger
+from ledger.jetstream.datastore import Fence, WriterFencedError
 
 log = logging.getLogger(__name__)
 
 GAP_WAIT = 0.25
 """Seconds to wait before asking again when earlier messages are still out for redelivery."""
-
-HEADER_ROOM = 1024
-"""Bytes of a NATS message kept for a rejection's headers (the rest may hold its JSON)."""
 
 UpstreamMessage = Union[tuple(SCHEMAS.values())]  # type: ignore[valid-type]  # noqa: UP007
 """Any of the contract's upstream messages (documented in the AsyncAPI document)."""
@@ -44,7 +49,7 @@ UpstreamMessage = Union[tuple(SCHEMAS.values())]  # type: ignore[valid-type]  # 
 
 @dataclass
 class IngestSettings:
-    """How the ingestion consumer reads and retries."""
+    """How the ingestion consumer reads, retries and holds the writer lease."""
 
     durable: str = "ledger-ingest"
     batch_size: int = 500
@@ -53,8 +58,14 @@ class IngestSettings:
     ack_wait: float = 10.0
     """Seconds before an unacknowledged message (its consumer died) is delivered again."""
     max_deliveries: int = 8
-    """After this many deliveries a message failing for a non-policy reason is parked."""
+    """Kept for configuration files; parking counts tries in the process (``ingest.TRIES``)."""
     max_backoff: float = 30.0
+    lease_ttl: float = 5.0
+    """Seconds without renewal after which the writer lease expires and a standby takes over."""
+    standby_poll: float = 0.5
+    """How often a standby tries to take the lease."""
+    replicas: int = 1
+    """Replicas of the lease bucket when it is created."""
 
 
 @dataclass
@@ -63,9 +74,13 @@ class IngestStats:
     recorded: int = 0
     duplicates: int = 0
     rejected: int = 0
+    parked: int = 0
+    decided_before: int = 0
     retried: int = 0
     events: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    takeovers: int = 0
+    stepped_down: int = 0
 
     def count(self, verdicts: list[Verdict]) -> None:
         self.batches += 1
@@ -78,16 +93,20 @@ class IngestStats:
             elif v.kind == "rejected":
                 self.rejected += 1
                 self.by_reason[v.reason or "?"] = self.by_reason.get(v.reason or "?", 0) + 1
+            elif v.kind == "parked":
+                self.parked += 1
+            elif v.kind == "decided":
+                self.decided_before += 1
             else:
                 self.retried += 1
 
     @property
     def done(self) -> int:
-        return self.recorded + self.duplicates + self.rejected
+        return self.recorded + self.duplicates + self.rejected + self.parked
 
 
 class IngestService:
-    """Consumes UPSTREAM into the ``Ledger``; publishes rejections to REJECTED."""
+    """Consumes UPSTREAM into the ``Ledger`` while it holds the writer lease."""
 
     def __init__(
         self,
@@ -99,14 +118,21 @@ class IngestService:
         self.ledger = ledger
         self.broker = broker
         self.settings = settings = settings or IngestSettings()
-        self.ingestor = Ingestor(ledger, max_deliveries=settings.max_deliveries)  # type: ignore[arg-type]
+        self.ingestor = Ingestor(ledger) if ledger is not None else None  # type: ignore[arg-type]
         self.stats = IngestStats()
         self._on_batch = on_batch
         self._failures = 0
-        self._done: int | None = None
-        broker.subscriber(
+        self._done = 0
+        self.role = "starting"
+        """``writer`` while holding the lease, ``standby`` otherwise."""
+        self.lease: WriterLease | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._standing_by = False
+        self._stepping_down: asyncio.Task[None] | None = None
+        self._closed = False
+        self.subscriber = broker.subscriber(
             UPSTREAM_SUBJECTS,
-            stream=JStream("UPSTREAM", declare=False),
+            stream=JStream(UPSTREAM_STREAM, declare=False),
             durable=settings.durable,
             config=ConsumerConfig(
                 ack_wait=settings.ack_wait,
@@ -123,26 +149,154 @@ class IngestService:
                 "Every upstream fact of the contract, in stream order, in batches: each message is "
                 "recorded in the ledger or rejected onto ledger.rejected.<reason>, then acknowledged."
             ),
-        )(self.handle)
+        )
+        self.subscriber(self.handle)
+
+    # ---- the writer role ----------------------------------------------------------------------
+
+    @property
+    def writing(self) -> bool:
+        return self.role == "writer" and self.lease is not None and self.lease.held
+
+    def _start_keeper(self) -> None:
+        if self._keeper is None and not self._closed:
+            js = self.broker.config.connection_state.stream
+            self.lease = WriterLease(js, ttl=self.settings.lease_ttl, replicas=self.settings.replicas)
+            self._keeper = asyncio.create_task(self._keep_lease(), name="ledger-writer-lease")
+
+    async def _keep_lease(self) -> None:
+        """Hold the lease while writing, try to take it while standing by; give it up when the
+        consumer is stopped (the service stops)."""
+        assert self.lease is not None
+        lease = self.lease
+        try:
+            while not self._closed:
+                if not self._standing_by and not self.subscriber.running and self.role != "starting":
+                    break  # the broker stopped the consumer: the service is stopping
+                try:
+                    if lease.held:
+                        if not await lease.renew():
+                            await self._step_down("the writer lease expired or was taken")
+                        await asyncio.sleep(self.settings.lease_ttl / 5)
+                        continue
+                    if await lease.acquire():
+                        await self._take_over()
+                        continue
+                    if self.role != "standby":
+                        await self._stand_by()
+                except WriterFencedError as e:
+                    await self._step_down(str(e))
+                except Exception as e:  # noqa: BLE001 - NATS away for a moment: keep trying
+                    log.warning("event=lease_error error=%r", e)
+                await asyncio.sleep(self.settings.standby_poll)
+        finally:
+            if lease.held:
+                try:
+                    await lease.release()
+                except Exception as e:  # noqa: BLE001 - it expires by itself
+                    log.info("event=lease_not_released error=%r (it expires by itself)", e)
+
+    async def _take_over(self) -> None:
+        """Become the writer: claim the fence, read the position and the parked messages back,
+        forget every cached aggregate (another writer may have changed them)."""
+        assert self.lease is not None and self.lease.epoch is not None and self.ledger is not None
+        datastore = self.ledger.recorder.datastore  # type: ignore[attr-defined]
+        stream = datastore.stream
+        fence = Fence(datastore.tracking_subject(UPSTREAM_STREAM), self.lease.epoch)
+        body = msgspec.json.encode({"claim": fence.epoch, "writer": self.lease.holder})
+        position = await asyncio.to_thread(datastore.claim, stream, fence, body)
+        parked = await asyncio.to_thread(datastore.read_filtered, stream, f"{datastore.prefix}.park.>")
+        self.ledger.forget_cache()
+        assert self.ingestor is not None
+        self.ingestor.journal = Journal(
+            fence=fence,
+            position=position,
+            max_payload=self.broker.config.connection_state.connection.max_payload,
+            writer=self.lease.holder,
+            read_position=lambda: datastore.position(stream, fence.subject),
+            parked=[decode_parked(m.data) for m in parked],
+        )
+        self._done = position
+        self.role = "writer"
+        self.stats.takeovers += 1
+        log.info(
+            "event=writer epoch=%d holder=%s position=%d parked=%d",
+            fence.epoch, self.lease.holder, position, len(self.ingestor.journal.parked),
+        )  # fmt: skip
+        if self._standing_by:
+            self._standing_by = False
+            await self.subscriber.start()
+
+    async def _stand_by(self) -> None:
+        holder = await self.lease.current() if self.lease is not None else None
+        log.info("event=standby writer=%s", holder[0] if holder else "?")
+        self.role = "standby"
+        if not self._standing_by and self.subscriber.running:
+            self._standing_by = True
+            await self.subscriber.stop()
+
+    async def _step_down(self, why: str) -> None:
+        log.warning("event=stepped_down reason=%r", why)
+        self.stats.stepped_down += 1
+        if self.ingestor is not None:
+            self.ingestor.journal = Journal()
+        if self.ledger is not None:
+            self.ledger.forget_cache()
+        await self._stand_by()
+
+    async def start(self) -> None:
+        """Start contending for the writer lease (after the broker started)."""
+        self._start_keeper()
+
+    async def close(self) -> None:
+        """Stop holding (or waiting for) the lease; the broker stops the consumer itself."""
+        self._closed = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        if self.lease is not None and self.lease.held:
+            await self.lease.release()
+
+    async def become_writer(self, timeout: float = 30.0) -> None:
+        """Wait until this service writes (tests, ``ledger serve`` start-up logs)."""
+        self._start_keeper()
+        deadline = time.monotonic() + timeout
+        while not self.writing:
+            if time.monotonic() > deadline:
+                raise TimeoutError("did not become the writer")
+            await asyncio.sleep(0.02)
+
+    # ---- handling a pull ----------------------------------------------------------------------
 
     async def handle(self, bodies: Annotated[list[UpstreamMessage], NoCast], message: NatsMessage) -> None:
-        """One pull: apply it in stream order, store the rejections, acknowledge what is durable.
+        """One pull: decide it in stream order and acknowledge what is recorded.
 
-        UPSTREAM's sequences have no gaps (it refuses deletes), so a message may be applied only
+        UPSTREAM's sequences have no gaps (it refuses deletes), so a message may be decided only
         when every earlier one has been: a pull that skips some (they are still out with a
-        consumer that died, awaiting redelivery) is put back until they arrive. This keeps each
-        person's facts in order through crashes and reconnections.
+        consumer that died, awaiting redelivery) reads them from the stream first.
         """
-        if self._done is None:
-            self._done = await self._ack_floor()
         raws = sorted(message.raw_message, key=lambda m: m.metadata.sequence.stream)
+        if not self.writing:
+            self._start_keeper()
+            if not await self._wait_for_role():
+                for raw in raws:
+                    await raw.nak(delay=1)
+                return
+        assert self.ingestor is not None
+        journal = self.ingestor.journal
+        self._done = journal.position
+        for raw in raws:
+            if raw.metadata.sequence.stream <= self._done:
+                await raw.ack()  # decided before: by this writer or an earlier one
+        raws = [r for r in raws if r.metadata.sequence.stream > self._done]
         ready, later = self._in_order(raws)
         missing: list[Delivery] = []
         if later and not ready:
             # An earlier message is out and not here: with a consumer that died (redelivered
             # after ack_wait), or lost on its way to this client. Either way it is in the stream:
-            # read it from there and apply it first, in order, rather than hold everything behind
-            # it for ack_wait. Its own delivery comes back later, a duplicate acknowledged so.
+            # read it from there and decide it first, in order, rather than hold everything behind
+            # it for ack_wait. Its own delivery comes back later and is acknowledged as decided.
             missing = await self._read_missing(self._done + 1, later[0].metadata.sequence.stream)
             if missing:
                 self._done = missing[-1].stream_seq
@@ -152,19 +306,20 @@ class IngestService:
         ]
         try:
             verdicts = await asyncio.to_thread(self.ingestor.process, deliveries) if deliveries else []
-            await self._store_rejections(deliveries, verdicts)
+        except WriterFencedError as e:
+            for raw in ready + later:
+                await raw.nak(delay=1)
+            # Not from here: stopping the consumer waits for this very handler to return.
+            self._stepping_down = asyncio.create_task(self._step_down(str(e)))
+            return
         except Exception as e:  # noqa: BLE001 - nothing is acknowledged: all of it comes again
             log.warning("batch of %d not handled (%r): redelivering it", len(deliveries), e)
             verdicts = [Verdict("retry", detail=repr(e))] * len(deliveries)
-        if missing and not all(v.final for v in verdicts[: len(missing)]):
-            self._done = missing[0].stream_seq - 1  # they come again with their redelivery
+        self._done = journal.position
         retry = False
-        for raw, verdict in zip(ready, verdicts[len(missing) :], strict=True):
-            if verdict.final:
+        for raw in ready:
+            if raw.metadata.sequence.stream <= self._done:
                 await raw.ack()
-                seq = raw.metadata.sequence.stream
-                if not retry and seq == self._done + 1:
-                    self._done = seq
             else:
                 retry = True
                 await raw.nak()
@@ -182,13 +337,20 @@ class IngestService:
             if later:
                 await asyncio.sleep(GAP_WAIT)
 
+    async def _wait_for_role(self) -> bool:
+        """Until the lease keeper has decided this service's role; True when it writes."""
+        deadline = time.monotonic() + self.settings.lease_ttl * 2
+        while self.role == "starting" and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.writing
+
     async def _read_missing(self, first: int, end: int) -> list[Delivery]:
         """Messages ``first`` … ``end - 1`` of UPSTREAM read from the stream (at most a batch)."""
         js = self.broker.config.connection_state.stream
         found = []
         for seq in range(first, min(end, first + self.settings.batch_size)):
             try:
-                stored = await js.get_msg("UPSTREAM", seq, direct=True)
+                stored = await js.get_msg(UPSTREAM_STREAM, seq, direct=True)
             except Exception as e:  # noqa: BLE001 - then wait for its redelivery, as before
                 log.warning("could not read UPSTREAM %d ahead of its redelivery: %r", seq, e)
                 break
@@ -197,7 +359,6 @@ class IngestService:
 
     def _in_order(self, raws: list[Any]) -> tuple[list[Any], list[Any]]:
         """The messages that follow what is done without a gap, and those after a gap."""
-        assert self._done is not None
         expect = self._done + 1
         ready: list[Any] = []
         for index, raw in enumerate(raws):
@@ -207,43 +368,6 @@ class IngestService:
             ready.append(raw)
             expect = max(expect, seq + 1)
         return ready, []
-
-    async def _ack_floor(self) -> int:
-        """The last stream sequence up to which every message has been acknowledged (or, before
-        any, the one before the stream's first message)."""
-        nc = self.broker.config.connection_state.connection
-        consumer = await nc.request(f"$JS.API.CONSUMER.INFO.UPSTREAM.{self.settings.durable}", b"", timeout=10)
-        stream = await nc.request("$JS.API.STREAM.INFO.UPSTREAM", b"", timeout=10)
-        acked = int(msgspec.json.decode(consumer.data)["ack_floor"]["stream_seq"])
-        first = int(msgspec.json.decode(stream.data)["state"]["first_seq"])
-        return max(acked, first - 1)
-
-    async def _store_rejections(self, deliveries: list[Delivery], verdicts: list[Verdict]) -> None:
-        js = self.broker.config.connection_state.stream
-        fits = self.broker.config.connection_state.connection.max_payload - HEADER_ROOM
-        acks = []
-        for delivery, verdict in zip(deliveries, verdicts, strict=True):
-            if verdict.kind != "rejected":
-                continue
-            rejection = Rejection.of(
-                msg_id=verdict.msg_id,
-                subject=delivery.subject,
-                reason=verdict.reason or "unprocessable",
-                detail=verdict.detail or "",
-                data=delivery.data,
-                upstream_seq=delivery.stream_seq,
-                person_key=verdict.person_key,
-            ).fitting(fits)
-            acks.append(
-                js.publish(
-                    f"{REJECTED_PREFIX}.{rejection.reason}",
-                    encode_rejection(rejection),
-                    headers=rejection.headers(),
-                    stream="REJECTED",
-                )
-            )
-        if acks:
-            await asyncio.gather(*acks)
 
 
 async def _bodies_as_sent(message: Any) -> Any:

@@ -1,38 +1,59 @@
-"""Applying a batch of upstream messages: each gets exactly one outcome.
+"""Deciding upstream messages: each gets exactly one outcome, recorded with the position.
 
 ``Ingestor.process`` takes the messages of one pull, in stream order, and returns a verdict for
-each: ``recorded`` (events saved), ``duplicate`` (its ``msg_id`` was applied before), ``rejected``
-(malformed, or refused by the policy: reason and detail go to the REJECTED stream), or ``retry``
-(a transient failure: the message and every later one of the batch are redelivered, so each
-person's facts stay in order). Store and conflict failures are retried as long as they last; a
-message that keeps failing for any other reason (a bug) is parked as ``rejected`` with reason
-``unprocessable`` after ``max_deliveries``.
+each: ``recorded`` (events saved), ``duplicate`` (its ``msg_id`` was applied before, with the same
+content), ``rejected`` (malformed, or refused by the policy: reason and detail are recorded),
+``parked`` (it failed the same way on every try, or it waits behind such a message about the same
+person), ``decided`` (decided before, by this or an earlier writer: acknowledged, never decided
+again) or ``retry`` (the store could not be reached: it and every later message come again).
+
+**Exactly one outcome by construction.** Every save of the ingestion is one atomic append of the
+batch's events *and* its decisions (``Journal``): a rejection message per rejected message
+(``<prefix>.rej.<reason>``), a parking record per parked one (``<prefix>.park.<seq>``) and a
+tracking record on ``<prefix>.trk.Ledger.UPSTREAM`` whose id is the highest UPSTREAM sequence
+decided and whose body lists every decision. A message at or below that position is never
+decided again, whatever happened to acknowledgements, consumers, caches or processes. The
+tracking record is fenced (``ledger.jetstream.datastore.Fence``): a writer that lost its lease
+cannot append anything once another has claimed the subject.
 
 It is synchronous (the ``Ledger`` is) and meant to run in one worker thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
-
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError
 
 from consumers.commands import apply
 from consumers.schemas import Text, Upstream, decode
+from consumers.streams import Rejection, encode_rejection
 from ledger.application import Ledger
 from ledger.domain.refusals import Refusal
+from ledger.jetstream.datastore import Decisions, Fence, WriterFencedError
 
 log = logging.getLogger(__name__)
 
 UNPROCESSABLE = "unprocessable"
+UPSTREAM_STREAM = "UPSTREAM"
+UPSTREAM_SEQ = "Ledger-Upstream-Seq"
+PARKED = "Ledger-Parked"
 
-TRANSIENT = (OperationalError, IntegrityError, InterfaceError, TimeoutError, ConnectionError)
-"""Failures of the store or of a concurrent writer: retried for as long as they last, never
-turned into a rejection (only a message failing for any other reason is ever parked)."""
+TRANSIENT = (OperationalError, InterfaceError, TimeoutError, ConnectionError)
+"""Failures of the store's reach (not of a message): the batch is retried for as long as they
+last, never turned into a rejection or a parking."""
+
+TRIES = 3
+"""How often a message failing for a reason that is not the policy's is tried (with fresh
+state each time) before it is parked."""
+
+Kind = Literal["recorded", "duplicate", "rejected", "parked", "decided", "retry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +71,7 @@ class Delivery:
 class Verdict:
     """The outcome of one message."""
 
-    kind: Literal["recorded", "duplicate", "rejected", "retry"]
+    kind: Kind
     msg_id: str | None = None
     events: int = 0
     reason: str | None = None
@@ -60,49 +81,289 @@ class Verdict:
 
     @property
     def final(self) -> bool:
-        """Whether the message is done with (to be acknowledged once the outcome is durable)."""
+        """Whether the message is done with (to be acknowledged: its outcome is durable)."""
         return self.kind != "retry"
 
 
+DECIDED = Verdict("decided")
+
+
+class _MsgId(msgspec.Struct):
+    msg_id: Text | None = None
+    """Only one of the contract's form: a huge one would not fit in the rejection."""
+
+
+class ParkedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message the ingestion could not decide, as recorded on ``<prefix>.park.<seq>``."""
+
+    upstream_seq: int
+    subject: str
+    msg_id: str | None
+    reason: str
+    """``unprocessable`` (it failed on every try) or ``held`` (behind a parked message)."""
+    detail: str
+    holds: list[str]
+    """What it is about (person keys, collectors, targets): later messages about any of them wait."""
+    released: bool = False
+    """On a later record of the same sequence: decided after an operator's retry."""
+
+
+encode_parked = msgspec.json.Encoder().encode
+decode_parked = msgspec.json.Decoder(ParkedMessage).decode
+
+
+class Journal:
+    """What the ingestion has decided since its last save, and the position it has recorded.
+
+    ``take`` (called by the ``Ledger`` as it saves) turns the pending decisions into the
+    ``Decisions`` of that save. The position advances when the next save is prepared, or
+    when ``settled`` says the last one went through; after a failure ``resync`` reads it back.
+    """
+
+    def __init__(
+        self,
+        *,
+        fence: Fence | None = None,
+        position: int = 0,
+        max_payload: int = 1024 * 1024,
+        writer: str = "",
+        read_position: Callable[[], int] | None = None,
+        parked: Iterable[ParkedMessage] = (),
+    ) -> None:
+        self.fence = fence
+        self.position = position
+        self.max_payload = max_payload
+        self.writer = writer
+        self._read_position = read_position
+        self._pending: list[tuple[Delivery, Verdict, list[str]]] = []
+        self._taken: tuple[int, list[tuple[Delivery, Verdict, list[str]]]] | None = None
+        self.parked: dict[int, ParkedMessage] = {}
+        self.held: dict[str, int] = {}
+        for message in parked:
+            self._fold_parked(message)
+
+    # ---- deciding -----------------------------------------------------------------------------
+
+    def decide(self, delivery: Delivery, verdict: Verdict, holds: list[str] | None = None) -> None:
+        self._pending.append((delivery, verdict, holds or []))
+
+    @property
+    def pending_messages(self) -> int:
+        """At most how many messages the pending decisions add to a save."""
+        return 2 * len(self._pending) + 1
+
+    def take(self) -> Decisions | None:
+        """The pending decisions as one ``Decisions`` (None when there are none or no fence)."""
+        self.settled()
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        position = max([self.position] + [d.stream_seq for d, _v, _h in pending])
+        self._taken = (position, pending)
+        if self.fence is None:
+            return None
+        messages = []
+        decided = []
+        for delivery, verdict, holds in pending:
+            decided.append([delivery.stream_seq, verdict.kind, verdict.events])
+            messages.extend(self._messages(delivery, verdict, holds))
+        body = msgspec.json.encode({"epoch": self.fence.epoch, "writer": self.writer, "decided": decided})
+        return Decisions(fence=self.fence, position=position, body=body, messages=messages)
+
+    def settled(self) -> None:
+        """The last taken decisions were saved: advance the position, update what is parked."""
+        if self._taken is None:
+            return
+        position, taken = self._taken
+        self._taken = None
+        self.position = max(self.position, position)
+        for delivery, verdict, holds in taken:
+            if verdict.kind == "parked":
+                self._fold_parked(self._parked(delivery, verdict, holds))
+            elif delivery.stream_seq in self.parked:
+                self._release(delivery.stream_seq)
+
+    def resync(self) -> None:
+        """After a failed save: forget what was not recorded, read the position back."""
+        self._pending.clear()
+        self._taken = None
+        if self._read_position is not None:
+            self.position = self._read_position()
+
+    # ---- parking ------------------------------------------------------------------------------
+
+    def holding(self, holds: Iterable[str]) -> int | None:
+        """The parked message a message about ``holds`` must wait behind, if any."""
+        for key in holds:
+            if key in self.held:
+                return self.held[key]
+        return None
+
+    def _fold_parked(self, message: ParkedMessage) -> None:
+        if message.released:
+            self._release(message.upstream_seq)
+            return
+        self.parked[message.upstream_seq] = message
+        for key in message.holds:
+            self.held.setdefault(key, message.upstream_seq)
+
+    def _release(self, seq: int) -> None:
+        message = self.parked.pop(seq, None)
+        if message is None:
+            return
+        for key in message.holds:
+            if self.held.get(key) == seq:
+                del self.held[key]
+                later = [s for s, m in self.parked.items() if key in m.holds]
+                if later:
+                    self.held[key] = min(later)
+
+    def _parked(self, delivery: Delivery, verdict: Verdict, holds: list[str]) -> ParkedMessage:
+        return ParkedMessage(
+            upstream_seq=delivery.stream_seq,
+            subject=delivery.subject,
+            msg_id=verdict.msg_id,
+            reason=verdict.reason or UNPROCESSABLE,
+            detail=verdict.detail or "",
+            holds=holds,
+        )
+
+    # ---- the messages of a save ---------------------------------------------------------------
+
+    def _messages(self, delivery: Delivery, verdict: Verdict, holds: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
+        seq = str(delivery.stream_seq)
+        if verdict.kind == "rejected":
+            rejection = Rejection.of(
+                msg_id=verdict.msg_id,
+                subject=delivery.subject,
+                reason=verdict.reason or UNPROCESSABLE,
+                detail=verdict.detail or "",
+                data=delivery.data,
+                upstream_seq=delivery.stream_seq,
+                person_key=verdict.person_key,
+            ).fitting(self.max_payload - HEADER_ROOM)
+            released = self._released(delivery)
+            return released + [
+                (f"rej.{rejection.reason}", encode_rejection(rejection), {UPSTREAM_SEQ: seq, **rejection.headers()})
+            ]
+        if verdict.kind == "parked":
+            parked = self._parked(delivery, verdict, holds)
+            return [(f"park.{seq}", encode_parked(parked), {UPSTREAM_SEQ: seq, PARKED: parked.reason})]
+        return self._released(delivery)
+
+    def _released(self, delivery: Delivery) -> list[tuple[str, bytes, dict[str, str]]]:
+        parked = self.parked.get(delivery.stream_seq)
+        if parked is None:
+            return []
+        released = msgspec.structs.replace(parked, released=True)
+        seq = str(delivery.stream_seq)
+        return [(f"park.{seq}", encode_parked(released), {UPSTREAM_SEQ: seq, PARKED: "released"})]
+
+
+HEADER_ROOM = 1024
+"""Bytes of a NATS message kept for a rejection's headers (the rest may hold its JSON)."""
+
+
+@dataclass
 class Ingestor:
-    """Applies batches of upstream messages to a ``Ledger``."""
+    """Decides batches of upstream messages on a ``Ledger``, recording them in its ``Journal``."""
 
-    def __init__(self, ledger: Ledger, *, max_deliveries: int = 8) -> None:
-        self.ledger = ledger
-        self.max_deliveries = max_deliveries
+    ledger: Ledger
+    journal: Journal = field(default_factory=Journal)
+    tries: int = TRIES
+    retry_pause: float = 0.05
 
-    def process(self, batch: list[Delivery]) -> list[Verdict]:
-        """A verdict per message of ``batch``, in the same order."""
+    def process(self, batch: list[Delivery], *, retrying: bool = False) -> list[Verdict]:
+        """A verdict per message of ``batch`` (in stream order), in the same order.
+
+        ``retrying``: an operator's retry of parked messages (decided although at or below the
+        position, and not held behind themselves).
+        """
         decoded = [self._decode(d) for d in batch]
+        verdicts: list[Verdict] = []
         try:
-            with self.ledger.batch(_id_numbers(decoded)):
-                verdicts = []
-                for message in decoded:
-                    verdicts.append(self._apply(message) if isinstance(message, Upstream) else message)
-                    self.ledger.flush_if_full()
+            with self.ledger.batch(_id_numbers(decoded), record=self.journal.take):
+                for delivery, message in zip(batch, decoded, strict=True):
+                    verdicts.append(self._decide(delivery, message, retrying))
+                    self.ledger.flush_if_full(extra_messages=self.journal.pending_messages)
+            self.journal.settled()
             return verdicts
+        except WriterFencedError:
+            self.journal.resync()
+            raise
         except Exception as e:  # noqa: BLE001 - the batch failed as a whole: go one by one
-            log.warning("batch of %d failed (%r); applying its messages one by one", len(batch), e)
-        return self._one_by_one(batch, decoded)
+            log.warning("batch of %d failed (%r); deciding its messages one by one", len(batch), e)
+        self.ledger.forget_cache()
+        try:
+            self.journal.resync()
+        except TRANSIENT as e:
+            log.warning("cannot read the ingestion's position (%r): the batch comes again", e)
+            return [Verdict("retry", detail=repr(e)[:500])] * len(batch)
+        return self._one_by_one(batch, decoded, retrying)
 
-    def _one_by_one(self, batch: list[Delivery], decoded: list[Upstream | Verdict]) -> list[Verdict]:
+    def _decide(self, delivery: Delivery, message: Upstream | Verdict, retrying: bool) -> Verdict:
+        """Decide one message inside the current unit of work and note the decision."""
+        if not retrying and delivery.stream_seq and delivery.stream_seq <= self.journal.position:
+            return DECIDED
+        holds = self._holds(message) if isinstance(message, Upstream) else []
+        behind = self.journal.holding(holds)
+        if behind is not None and behind != delivery.stream_seq:
+            verdict = Verdict(
+                "parked", getattr(message, "msg_id", None), reason="held",
+                detail=f"waits behind parked UPSTREAM message {behind} about the same person",
+            )  # fmt: skip
+        elif isinstance(message, Upstream):
+            verdict = self._apply(message, delivery)
+        else:
+            verdict = message
+        self.journal.decide(delivery, verdict, holds)
+        return verdict
+
+    def _one_by_one(self, batch: list[Delivery], decoded: list[Upstream | Verdict], retrying: bool) -> list[Verdict]:
         verdicts: list[Verdict] = []
         for index, (delivery, message) in enumerate(zip(batch, decoded, strict=True)):
-            if not isinstance(message, Upstream):
-                verdicts.append(message)
+            failure: BaseException | None = None
+            for attempt in range(self.tries):
+                try:
+                    with self.ledger.batch(_id_numbers([message]), record=self.journal.take):
+                        verdict = self._decide(delivery, message, retrying)
+                    self.journal.settled()
+                    verdicts.append(verdict)
+                    failure = None
+                    break
+                except WriterFencedError:
+                    self.journal.resync()
+                    raise
+                except Exception as e:  # noqa: BLE001 - store unreachable, conflict, or a bug
+                    failure = e
+                    self.ledger.forget_cache()
+                    try:
+                        self.journal.resync()
+                    except TRANSIENT:
+                        pass
+                    if isinstance(e, TRANSIENT):
+                        break
+                    log.warning("%s failed (try %d of %d): %r", _describe(delivery), attempt + 1, self.tries, e)
+                    time.sleep(self.retry_pause * (attempt + 1))
+            if failure is None:
                 continue
-            try:
-                verdicts.append(self._apply(message))
-            except Exception as e:  # noqa: BLE001 - store unreachable, conflict, or a bug
-                if delivery.deliveries >= self.max_deliveries and not isinstance(e, TRANSIENT):
-                    log.error("parking %s after %d deliveries: %r", message.msg_id, delivery.deliveries, e)
-                    verdicts.append(Verdict("rejected", message.msg_id, reason=UNPROCESSABLE, detail=repr(e)[:500]))
-                    continue
-                log.warning("will retry %s and the %d after it: %r", message.msg_id, len(batch) - index - 1, e)
-                retry = Verdict("retry", detail=repr(e)[:500])
-                verdicts.extend([retry] * (len(batch) - index))
-                break
+            if isinstance(failure, TRANSIENT):
+                log.warning("will retry %s and the %d after it: %r", _describe(delivery), len(batch) - index - 1, failure)
+                verdicts.extend([Verdict("retry", detail=repr(failure)[:500])] * (len(batch) - index))
+                return verdicts
+            verdicts.append(self._park(delivery, message, failure))
         return verdicts
+
+    def _park(self, delivery: Delivery, message: Upstream | Verdict, failure: BaseException) -> Verdict:
+        """Record ``delivery`` as parked: it failed the same way on every try."""
+        msg_id = getattr(message, "msg_id", None)
+        verdict = Verdict("parked", msg_id, reason=UNPROCESSABLE, detail=repr(failure)[:500])
+        holds = self._holds(message) if isinstance(message, Upstream) else []
+        log.error("parking %s after %d tries: %r", _describe(delivery), self.tries, failure)
+        with self.ledger.batch((), record=self.journal.take):
+            self.journal.decide(delivery, verdict, holds)
+        self.journal.settled()
+        return verdict
 
     def _decode(self, delivery: Delivery) -> Upstream | Verdict:
         try:
@@ -110,12 +371,12 @@ class Ingestor:
         except Refusal as refusal:
             return Verdict("rejected", _msg_id_of(delivery.data), reason=refusal.reason, detail=refusal.detail)
         except Exception as e:  # noqa: BLE001 - decoding fails alike at every delivery: never retried
-            log.error("parking a message on %s that could not be decoded: %r", delivery.subject, e)
+            log.error("rejecting a message on %s that could not be decoded: %r", delivery.subject, e)
             return Verdict("rejected", _msg_id_of(delivery.data), reason=UNPROCESSABLE, detail=repr(e)[:500])
 
-    def _apply(self, message: Upstream) -> Verdict:
+    def _apply(self, message: Upstream, delivery: Delivery) -> Verdict:
         try:
-            outcome = apply(self.ledger, message)
+            outcome = apply(self.ledger, message, upstream_seq=delivery.stream_seq or None, digest=digest_of(message))
         except Refusal as refusal:
             return Verdict(
                 "rejected",
@@ -128,7 +389,6 @@ class Ingestor:
             return Verdict("duplicate", message.msg_id)
         return Verdict("recorded", message.msg_id, events=outcome.recorded)
 
-
     def _person_key(self, message: Upstream) -> str | None:
         id_number = getattr(message, "id_number", None)
         if id_number is None:
@@ -138,14 +398,45 @@ class Ingestor:
         except Refusal:
             return None
 
+    def _holds(self, message: Upstream) -> list[str]:
+        """What a message is about, for parking: its persons, else its collector or target."""
+        keys = []
+        for attribute in ("id_number", "spouse_id_number"):
+            number = getattr(message, attribute, None)
+            if number:
+                try:
+                    keys.append(f"person:{self.ledger.keyer(number)}")
+                except Refusal:
+                    pass
+        collector = getattr(message, "collector_id", None)
+        if collector:
+            keys.append(f"collector:{collector}")
+        if not keys and hasattr(message, "target_count"):
+            keys.append(f"target:{message.district}:{message.coverage_year}")  # type: ignore[attr-defined]
+        return keys
+
+
+_encode_message = msgspec.json.Encoder(order="deterministic").encode
+
+
+def digest_of(message: Upstream) -> str:
+    """A digest of a message's content as decoded (so spacing and field order do not matter)."""
+    return hashlib.blake2b(_encode_message(message), digest_size=12).hexdigest()
+
+
+def _describe(delivery: Delivery) -> str:
+    return f"UPSTREAM {delivery.stream_seq} ({delivery.subject})"
+
 
 def _id_numbers(messages: list[Upstream | Verdict]) -> list[str]:
-    return [m.id_number for m in messages if isinstance(m, Upstream) and hasattr(m, "id_number")]  # type: ignore[attr-defined]
-
-
-class _MsgId(msgspec.Struct):
-    msg_id: Text | None = None
-    """Only one of the contract's form: a huge one would not fit in the rejection."""
+    found = []
+    for m in messages:
+        if isinstance(m, Upstream):
+            for attribute in ("id_number", "spouse_id_number"):
+                number = getattr(m, attribute, None)
+                if number:
+                    found.append(number)
+    return found
 
 
 def _msg_id_of(data: bytes) -> str | None:
@@ -154,3 +445,4 @@ def _msg_id_of(data: bytes) -> str | None:
         return msgspec.json.decode(data, type=_MsgId).msg_id
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
+

@@ -24,12 +24,19 @@ def upstream_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> Stre
     )
 
 
-def rejected_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> StreamSpec:
+def rejected_spec(
+    replicas: int = 1, duplicate_window_s: float = 3600.0, *, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger"
+) -> StreamSpec:
+    """REJECTED, derived by the server from the rejections the ingestion records on LEDGER
+    (``<prefix>.rej.<reason>``, in the same atomic append as the batch's events and position):
+    it has no subjects of its own, so nobody publishes into it, and it holds exactly what LEDGER
+    holds."""
     return StreamSpec(
         name="REJECTED",
-        subjects=(f"{REJECTED_PREFIX}.>",),
+        subjects=(),
         replicas=replicas,
         duplicate_window_s=duplicate_window_s,
+        sources=((ledger_stream, f"{ledger_prefix}.rej.>", f"{REJECTED_PREFIX}.>"),),
     )
 
 
@@ -95,3 +102,27 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
 
 encode_rejection = msgspec.json.Encoder().encode
 decode_rejection: Any = msgspec.json.Decoder(Rejection).decode
+
+
+async def rejected_caught_up(
+    request: Any, *, timeout: float = 30.0, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger"
+) -> int:
+    """Wait until REJECTED holds every rejection LEDGER holds (the server copies them a moment
+    after they are recorded); return how many there are. ``request(subject, payload)`` is a
+    NATS request returning the reply's bytes."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ledger = msgspec.json.decode(
+            await request(f"$JS.API.STREAM.INFO.{ledger_stream}", msgspec.json.encode({"subjects_filter": f"{ledger_prefix}.rej.>"}))
+        )
+        recorded = sum((ledger.get("state", {}).get("subjects") or {}).values())
+        rejected = msgspec.json.decode(await request("$JS.API.STREAM.INFO.REJECTED", b""))
+        held = int(rejected.get("state", {}).get("messages", 0))
+        if held >= recorded:
+            return recorded
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"REJECTED holds {held} of the {recorded} rejections on {ledger_stream}")
+        await asyncio.sleep(0.02)

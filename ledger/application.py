@@ -11,7 +11,7 @@ The store is whatever ``PERSISTENCE_MODULE`` selects: the library's in-memory st
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.person import InsuredPerson, person_id
 from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
-from ledger.domain.refusals import DuplicateReceipt, Malformed, NoEnrollment, Refusal
+from ledger.domain.refusals import DuplicateReceipt, Malformed, MsgIdConflict, NoEnrollment, Refusal
 from ledger.domain.source import Source
 from ledger.domain.targets import DistrictTarget, target_id
 from ledger.transcodings import LEDGER_TRANSCODINGS
@@ -44,6 +44,11 @@ class Actor:
     channel: str | None = None
     operator_id: str | None = None
     org_id: str | None = None
+    upstream_seq: int | None = None
+    """Where the message sits in UPSTREAM (recorded in every event it causes)."""
+    digest: str | None = None
+    """A digest of the message's content, to tell a harmless repeat of its ``msg_id`` from a
+    conflicting one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +120,7 @@ class Ledger(Application[UUID]):
         key = self.keyer.key_of(resident)
         person = self._person(key)
         source = _source(msg_id, occurred_at, actor)
-        if person is not None and source.fact_key in person.seen:
+        if person is not None and _repeat(person.seen, source):
             return DUPLICATE
         self.policy.district_name(district)
         details = dict(
@@ -188,7 +193,7 @@ class Ledger(Application[UUID]):
         if person is None:
             raise NoEnrollment(f"no enrollment for {coverage_year}: the person is not in the ledger")
         source = _source(msg_id, paid_at, actor, occurred_at)
-        if source.fact_key in person.seen:
+        if _repeat(person.seen, source):
             return DUPLICATE
         if amount_fen < 0:
             raise Malformed("a negative amount")
@@ -272,7 +277,7 @@ class Ledger(Application[UUID]):
         """``upstream.cash.remitted``: a committee's cash handed to the tax office."""
         source = _source(msg_id, remitted_at, actor, occurred_at)
         collector = self._collector(collector_id, source)
-        if source.fact_key in collector.seen:
+        if _repeat(collector.seen, source):
             return DUPLICATE
         collector.remit(voucher_no=voucher_no, amount_fen=amount_fen, receipt_nos=tuple(receipt_nos), source=source)
         return self._save(collector)
@@ -326,7 +331,10 @@ class Ledger(Application[UUID]):
         """``upstream.discharge.registered``: a soldier discharged this year, and the non-working
         spouse who followed (随军未就业配偶); both in one save."""
         spouse_resident = self._resident(spouse_id_number, occurred_at) if spouse_id_number else None
-        soldier, source = self._person_for(msg_id, occurred_at, id_number, actor)
+        soldier_resident = self._resident(id_number, occurred_at)
+        if spouse_resident is not None and self.keyer.key_of(spouse_resident) == self.keyer.key_of(soldier_resident):
+            raise Malformed("spouse_id_number is the soldier's own ID number")
+        soldier, source = self._person_for(msg_id, occurred_at, soldier_resident, actor)
         if soldier is None:
             return DUPLICATE
         soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
@@ -350,7 +358,7 @@ class Ledger(Application[UUID]):
         target: DistrictTarget | None = self._load(target_id(district, coverage_year))
         if target is None:
             target = DistrictTarget(district=district, coverage_year=coverage_year, target_count=target_count, source=source)
-        elif source.fact_key in target.seen:
+        elif _repeat(target.seen, source):
             return DUPLICATE
         else:
             target.change(target_count=target_count, source=source)
@@ -430,7 +438,7 @@ class Ledger(Application[UUID]):
             if district is not None:
                 self.policy.district_name(district)
             return self._new_person(key, resident, district, source), source
-        return (None if source.fact_key in person.seen else person), source
+        return (None if _repeat(person.seen, source) else person), source
 
     def _collector(self, collector: str, source: Source) -> CashCollector:
         return self._load(collector_id(collector)) or CashCollector(collector=collector, source=source)
@@ -450,7 +458,7 @@ class Ledger(Application[UUID]):
     # ---- batches ------------------------------------------------------------------------------
 
     @contextmanager
-    def batch(self, expected_ids: Iterable[str] = ()) -> Iterator[None]:
+    def batch(self, expected_ids: Iterable[str] = (), record: Callable[[], Any] | None = None) -> Iterator[None]:
         """Apply many facts, then save them together (one atomic append per ``FLUSH_EVENTS``).
 
         Each fact sees what earlier facts of the batch did. A refused fact changes nothing (its
@@ -458,10 +466,12 @@ class Ledger(Application[UUID]):
         (cached aggregates it touched are dropped) and the exception propagates: the caller
         applies the facts again one by one, and those already saved come back as duplicates.
         ``expected_ids`` (ID numbers the facts concern) are looked up together first.
+        ``record``, called at each save, gives what the store records atomically with the events
+        (the ingestion's decisions and position: ``decisions`` for ``insert_events``).
         """
         if self._unit is not None:
             raise RuntimeError("batches do not nest")
-        self._unit = unit = _Unit()
+        self._unit = unit = _Unit(record)
         try:
             self._preload(unit, expected_ids)
             yield
@@ -472,16 +482,31 @@ class Ledger(Application[UUID]):
         finally:
             self._unit = None
 
-    def flush_if_full(self) -> None:
-        """Save the batch so far when it nears the store's atomic limit (between two facts)."""
+    def flush_if_full(self, extra_messages: int = 0) -> None:
+        """Save the batch so far when it nears the store's atomic limit (between two facts);
+        ``extra_messages``: how many more messages ``record`` would add."""
         unit = self._unit
-        if unit is not None and unit.pending_events >= FLUSH_EVENTS:
+        if unit is not None and unit.pending_events + extra_messages >= FLUSH_EVENTS:
             self._flush(unit)
 
     def _flush(self, unit: _Unit) -> None:
-        if unit.aggregates:
+        decisions = unit.record() if unit.record is not None else None
+        if decisions is not None:
+            self.save(*unit.aggregates.values(), decisions=decisions)
+        elif unit.aggregates:
             self.save(*unit.aggregates.values())
         unit.saved()
+
+    def forget_cache(self) -> None:
+        """Drop every aggregate held in memory: the next reads come from the store (after a
+        failed save, or when this process becomes the writer after another)."""
+        cache = self.repository.cache
+        if cache is None:
+            return
+        if hasattr(cache, "clear"):
+            cache.clear()
+        else:
+            self.repository.cache = type(cache)()
 
     def _forget(self, aggregate_ids: Iterable[UUID]) -> None:
         """Drop aggregates from the repository's cache (they may hold unsaved changes)."""
@@ -540,7 +565,8 @@ PRELOAD_THREADS = 16
 class _Unit:
     """The aggregates a batch has loaded or changed, and the ids known not to exist yet."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: Callable[[], Any] | None = None) -> None:
+        self.record = record
         self.aggregates: dict[UUID, Any] = {}
         self.absent: set[UUID] = set()
         self.pending: dict[UUID, int] = {}
@@ -574,4 +600,17 @@ def _source(msg_id: str, effective_at: datetime, actor: Actor, occurred_at: date
         operator_id=actor.operator_id,
         org_id=actor.org_id,
         reported_at=occurred_at if occurred_at is not None and occurred_at != effective_at else None,
+        upstream_seq=actor.upstream_seq,
+        digest=actor.digest,
     )
+
+
+def _repeat(seen: dict[str, str | None], source: Source) -> bool:
+    """Whether ``source``'s message was applied before (a harmless duplicate); raises
+    ``MsgIdConflict`` when its sender used the same ``msg_id`` for a different message."""
+    if source.fact_key not in seen:
+        return False
+    first = seen[source.fact_key]
+    if first is not None and source.digest is not None and first != source.digest:
+        raise MsgIdConflict(f"msg_id {source.msg_id} was used before for a different message; the first stands")
+    return True

@@ -293,6 +293,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(data_dir)
     server = None
     url = args.nats_url
     if not url:
@@ -314,7 +315,13 @@ async def serve(args: argparse.Namespace) -> int:
         # Reconnect for as long as it takes (a node or the cluster down for minutes): nats-py's
         # default gives up after 60 attempts, and FastStream then spins on a closed connection.
         broker = NatsBroker(server_urls(url), logger=None, max_reconnect_attempts=-1)
-        service = IngestService(ledger, broker, IngestSettings(batch_size=args.batch_size))
+        service = IngestService(
+            ledger, broker,
+            IngestSettings(
+                batch_size=args.batch_size, replicas=args.replicas,
+                lease_ttl=float(os.environ.get("LEDGER_LEASE_SECONDS", "5")),
+            ),
+        )  # fmt: skip
         await broker.connect()
         await ensure_ingest_streams(broker, args.replicas)
         views_url = args.views or default_views_url(data_dir)
@@ -324,6 +331,7 @@ async def serve(args: argparse.Namespace) -> int:
         await queries.start(broker.config.connection_state.connection)
         checkpoints = start_checkpoints(ledger, data_dir, args.replicas)
         await broker.start()
+        await service.start()
         url_file.write_text(url)
         log.info("event=ready nats=%s stream=LEDGER consumer=%s", _redacted(url), service.settings.durable)
         print(f"ledger serving on {_redacted(url)}", flush=True)
@@ -344,6 +352,7 @@ async def serve(args: argparse.Namespace) -> int:
             service.stats.recorded, service.stats.rejected, queries.answered,
         )  # fmt: skip
         await queries.stop()
+        await service.close()  # a standby takes over at once, not after the lease's TTL
         await broker.stop()
         await asyncio.to_thread(_checkpoint, checkpoints)
     finally:
@@ -354,8 +363,32 @@ async def serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(ledger.close)
         if server is not None:
             await asyncio.to_thread(server.stop)
+        lock.close()
     log.info("event=stopped")
     return 0
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """Hold ``DATA_DIR/serve.lock`` for as long as this ``serve`` runs: a second ``serve`` on the
+    same directory would start a second nats-server on the same store and share the views."""
+    import fcntl
+
+    lock = open(data_dir / "serve.lock", "a+")  # noqa: SIM115 - held until serve stops
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise SystemExit(
+            f"another ledger serve (pid {holder}) is running on {data_dir}: stop it first, or start this one "
+            "with its own --data-dir and the same --nats-url to stand by as a second writer"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 SERVE_URL_FILE = "serve.url"

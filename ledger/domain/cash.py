@@ -68,7 +68,7 @@ class CashCollector(Aggregate):
         self.held: dict[str, HeldReceipt] = {}
         self.received_fen = 0
         self.remitted_fen = 0
-        self.seen: set[str] = set()
+        self.seen: dict[str, str | None] = {}
 
     @property
     def balance_fen(self) -> int:
@@ -89,7 +89,7 @@ class CashCollector(Aggregate):
     def _cash_received(self, receipt_no: str, amount_fen: int, source: Source) -> None:
         self.held[receipt_no] = HeldReceipt(receipt_no, amount_fen, source.effective_at)
         self.received_fen += amount_fen
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def remit(self, *, voucher_no: str, amount_fen: int, receipt_nos: tuple[str, ...], source: Source) -> None:
         """A remittance to the tax office. With receipt numbers, they must be held and add up to
@@ -118,4 +118,4 @@ class CashCollector(Aggregate):
         for number in receipt_nos:
             self.held.pop(number, None)
         self.remitted_fen += amount_fen
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest

@@ -123,7 +123,7 @@ class InsuredPerson(Aggregate):
         self.discharged_on: date | None = None
         self.discharged_as_spouse = False
         self.date_of_death: date | None = None
-        self.seen: set[str] = {source.fact_key}
+        self.seen: dict[str, str | None] = {source.fact_key: source.digest}
 
     # ---- registration ---------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class InsuredPerson(Aggregate):
         source: Source,
     ) -> None:
         self._set_registration(district, name, phone, household_id, residence_permit, hukou_district)
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def _set_registration(
         self,
@@ -239,7 +239,7 @@ class InsuredPerson(Aggregate):
             due_fen=due_fen,
             policy_version=source.policy_version or "",
         )
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def receive_payment(
         self,
@@ -291,7 +291,7 @@ class InsuredPerson(Aggregate):
         enrollment = self.enrollments[coverage_year]
         enrollment.paid_fen += amount_fen
         enrollment.payments.append(source.msg_id)
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def _complete(self, policy: RegionPolicy, coverage_year: int, day: date, source: Source) -> None:
         enrollment = self.enrollments[coverage_year]
@@ -359,7 +359,7 @@ class InsuredPerson(Aggregate):
             coverage_start, coverage_end, benefit_start, waiting_months, retroactive, rule
         )
         enrollment.status = ENROLLED
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     # ---- subsidies --------------------------------------------------------------------------
 
@@ -446,7 +446,7 @@ class InsuredPerson(Aggregate):
         source: Source,
     ) -> None:
         self.rosters.append(RosterEntry(coverage_year, subsidy_category, department, roster, listed_on, rate))
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     @event("PremiumReassessed")
     def _premium_reassessed(
@@ -456,7 +456,7 @@ class InsuredPerson(Aggregate):
         enrollment.subsidy_category = subsidy_category
         enrollment.subsidy_fen = subsidy_fen
         enrollment.due_fen = due_fen
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def _best_subsidy(self, policy: RegionPolicy, coverage_year: int) -> tuple[str | None, int]:
         """The highest-rate roster entry for the year [choice: one subsidy, the highest rate]."""
@@ -509,7 +509,7 @@ class InsuredPerson(Aggregate):
     ) -> None:
         self.employee_spells = [s for s in self.employee_spells if s.insured_from != insured_from]
         self.employee_spells.append(EmployeeSpell(insured_from, insured_until, continuous_months, back_paid_months))
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     @event("EnrollmentCancelled")
     def _enrollment_cancelled(self, coverage_year: int, reason: str, refund_fen: int, source: Source) -> None:
@@ -518,7 +518,7 @@ class InsuredPerson(Aggregate):
         enrollment.ended_reason = reason
         enrollment.ended_on = None  # void from the start: nothing of that year is reimbursed
         enrollment.refund_fen = refund_fen
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def register_discharge(self, *, discharged_on: date, as_spouse: bool, source: Source) -> None:
         """Discharge from the army this year (退出现役), of the person or of the soldier a
@@ -529,7 +529,7 @@ class InsuredPerson(Aggregate):
     def _discharge_registered(self, discharged_on: date, as_spouse: bool, source: Source) -> None:
         self.discharged_on = discharged_on
         self.discharged_as_spouse = as_spouse
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     def register_death(self, policy: RegionPolicy, *, date_of_death: date, source: Source) -> None:
         """A death registered by public security or civil affairs: coverage ends that day."""
@@ -553,7 +553,7 @@ class InsuredPerson(Aggregate):
     @event("DeathRegistered")
     def _death_registered(self, date_of_death: date, source: Source) -> None:
         self.date_of_death = date_of_death
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     @event("CoverageEnded")
     def _coverage_ended(self, coverage_year: int, ended_on: date, reason: str, source: Source) -> None:
@@ -561,7 +561,7 @@ class InsuredPerson(Aggregate):
         enrollment.status = ENDED
         enrollment.ended_on = ended_on
         enrollment.ended_reason = reason
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest
 
     # ---- checks -----------------------------------------------------------------------------
 

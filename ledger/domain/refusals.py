@@ -19,6 +19,13 @@ class Refusal(Exception):
         self.detail = detail
 
 
+class MsgIdConflict(Refusal):
+    """Raised when a sender repeats a ``msg_id`` it used before with a different message: the
+    first message stands, the repeat is refused (an identical repeat is a harmless duplicate)."""
+
+    reason = "msg_id_conflict"
+
+
 class Malformed(Refusal):
     """Raised when a message lacks a required field or has a value of the wrong form."""
 

@@ -33,6 +33,11 @@ class Source:
     reported_at: datetime | None = None
     """When the sender reported the fact (the message's ``occurred_at``), if not ``effective_at``:
     a payment is effective when paid (``paid_at``) and reported later."""
+    upstream_seq: int | None = None
+    """The UPSTREAM stream sequence of the message behind the event (None outside ingestion)."""
+    digest: str | None = None
+    """A digest of the message's content: a repeat of ``msg_id`` with another content is a
+    conflict, not a duplicate."""
 
     @property
     def effective_on(self) -> date:

@@ -29,9 +29,9 @@ class DistrictTarget(Aggregate):
         self.district = district
         self.coverage_year = coverage_year
         self.target_count = target_count
-        self.seen = {source.fact_key}
+        self.seen: dict[str, str | None] = {source.fact_key: source.digest}
 
     @event("TargetChanged")
     def change(self, target_count: int, source: Source) -> None:
         self.target_count = target_count
-        self.seen.add(source.fact_key)
+        self.seen[source.fact_key] = source.digest

@@ -421,7 +421,9 @@ class NatsClient:
         except _NOT_CONNECTED as e:
             raise NotSentError(f"not connected to NATS at {self.url}: {e!r}") from e
         except NoRespondersError as e:
-            raise NatsUnavailableError(f"no responders on {subject} (is JetStream enabled?)") from e
+            # Nobody took the request (no JetStream, or a stream without a leader just now): it
+            # went nowhere, so an append sent this way was not stored and may be sent again.
+            raise NotSentError(f"no responders on {subject} (is JetStream enabled, has the stream a leader?)") from e
         except NatsTimeoutError as e:
             raise NatsUnavailableError(f"NATS at {self.url} did not answer {subject} in time") from e
 

@@ -17,8 +17,10 @@ real conflict raises the library's ``IntegrityError``.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 import hashlib
@@ -44,6 +46,7 @@ from ledger.jetstream.client import (
     AppendRejectedError,
     NatsClient,
     NatsUnavailableError,
+    NotSentError,
     OutcomeUnknownError,
     OutgoingMessage,
     StoredMessage,
@@ -54,6 +57,10 @@ T = TypeVar("T")
 TOPIC = "Ledger-Topic"
 VERSION = "Ledger-Version"
 TRACKING_ID = "Ledger-Tracking-Id"
+WRITER_EPOCH = "Ledger-Writer-Epoch"
+"""On a fenced tracking record: the epoch of the writer that made it (``Fence``)."""
+NONCE = "Ledger-Nonce"
+"""On a fenced tracking record: a random value telling this write from every other."""
 HASH = "Ledger-Hash"
 PREV_HASH = "Ledger-Prev-Hash"
 GENESIS_HASH = "0" * 64
@@ -69,6 +76,9 @@ def event_hash(previous: str, subject: str, version: str, topic: str, data: byte
     digest.update(data)
     return digest.hexdigest()
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+LEDGER_SUBJECT_KINDS = ("evt", "trk", "rej", "park")
+"""The event stream's subjects below its prefix: events, tracking records, and what an ingestion
+decided beside its events (rejections, parked messages), all in the same atomic appends."""
 MSG_ID = "Nats-Msg-Id"
 
 STREAM_NOT_FOUND = 10059
@@ -78,7 +88,38 @@ _TOKENS = re.compile(r"[^\s.*>]+(\.[^\s.*>]+)*")
 _READ_PAGE = 1000
 _MULTI_LAST_CHUNK = 250
 _MAX_ATTEMPTS = 8
+_NOT_SENT_PATIENCE = 30.0
+"""Seconds an append keeps trying while nothing can be sent (a stream leader being elected)."""
 _CACHE_LIMIT = 200_000
+
+
+class WriterFencedError(IntegrityError):
+    """Raised when another writer has claimed the stream since this one did: this writer must
+    stop writing (its lease is gone). Nothing of the refused append was recorded."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A writer's claim on a tracking subject: every append it makes expects the subject's last
+    message to be its own, so a writer that lost its lease (paused, partitioned) cannot append a
+    single message once another has claimed the subject."""
+
+    subject: str
+    epoch: int
+
+
+@dataclass
+class Decisions:
+    """What an append records beside its events: further messages (``subject`` below the store's
+    prefix, body, headers) and a tracking record on the fence's subject at ``position``, whose body
+    says what was decided. All of it is one atomic batch with the events, expected behind the
+    fence."""
+
+    fence: Fence
+    position: int
+    body: bytes
+    messages: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    nonce: str = field(default_factory=lambda: os.urandom(12).hex())
 
 
 class StreamSettingsError(ProgrammingError):
@@ -93,6 +134,19 @@ class _Last:
     seq: int
     hash: str | None = None
     """The last event's ``Ledger-Hash`` (None for tracking subjects and unchained messages)."""
+    epoch: int | None = None
+    """On a fenced tracking subject: the writer epoch of its last message."""
+    nonce: str | None = None
+    """On a fenced tracking subject: the nonce of its last message."""
+
+    @classmethod
+    def of(cls, message: StoredMessage) -> _Last:
+        headers = message.headers
+        epoch = headers.get(WRITER_EPOCH)
+        return cls(
+            _position(message), message.seq, headers.get(HASH),
+            int(epoch) if epoch is not None else None, headers.get(NONCE),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,8 +159,18 @@ class StreamSpec:
     replicas: int = 1
     duplicate_window_s: float = 120.0
     max_msgs_per_subject: int = -1
+    sources: tuple[tuple[str, str, str], ...] = ()
+    """Streams this one is derived from by the server: (stream, subjects there, subjects here)."""
 
     def config(self) -> dict[str, Any]:
+        config = self._config()
+        if self.sources:
+            config["sources"] = [
+                {"name": name, "subject_transforms": [{"src": src, "dest": dest}]} for name, src, dest in self.sources
+            ]
+        return config
+
+    def _config(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "subjects": list(self.subjects),
@@ -135,6 +199,12 @@ class StreamSpec:
                 info = await api(f"$JS.API.STREAM.INFO.{self.name}")
         if "error" in info:
             raise StreamSettingsError(f"stream {self.name}: {info['error'].get('description')}")
+        if create and self.upgradable(info["config"]):
+            # An older layout of the same stream: add what this version records there (new
+            # subjects, the streams it is derived from); nothing stored is touched.
+            info = await api(f"$JS.API.STREAM.UPDATE.{self.name}", self.upgraded(info["config"]))
+            if "error" in info:
+                raise StreamSettingsError(f"stream {self.name} could not be upgraded: {info['error'].get('description')}")
         weaknesses = self.weaknesses(info["config"])
         if weaknesses:
             raise StreamSettingsError(
@@ -164,7 +234,35 @@ class StreamSpec:
         missing = set(self.subjects) - set(config.get("subjects") or ())
         if missing:
             found.append(f"subjects lack {sorted(missing)}")
+        lacking = self._missing_sources(config)
+        if lacking:
+            found.append(f"it is not derived from {sorted(lacking)}")
+        if self.sources and config.get("subjects"):
+            found.append(f"it has subjects of its own {config.get('subjects')} (anyone allowed could publish into it)")
         return found
+
+    def _missing_sources(self, config: dict[str, Any]) -> set[tuple[str, str, str]]:
+        have = {
+            (source.get("name"), t.get("src"), t.get("dest"))
+            for source in config.get("sources") or ()
+            for t in source.get("subject_transforms") or ()
+        }
+        return set(self.sources) - have
+
+    def upgradable(self, config: dict[str, Any]) -> bool:
+        """Whether the existing stream lacks only subjects or sources of this spec."""
+        weak = self.weaknesses(config)
+        return bool(weak) and all(w.startswith(("subjects lack", "it is not derived", "it has subjects of its own")) for w in weak)
+
+    def upgraded(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with this spec's subjects and sources (a derived stream keeps no subjects
+        of its own: nobody can publish into it)."""
+        wanted = self.config()
+        config = dict(config)
+        config["subjects"] = sorted(set(config.get("subjects") or ()) | set(self.subjects)) if not self.sources else list(self.subjects)
+        if self.sources:
+            config["sources"] = wanted["sources"]
+        return config
 
 
 class JetStreamDatastore:
@@ -180,6 +278,7 @@ class JetStreamDatastore:
         originator_id_type: Literal["uuid", "text"] = "uuid",
         replicas: int = 1,
         duplicate_window_s: float = 120.0,
+        follower: str | None = None,
     ) -> None:
         if not _TOKENS.fullmatch(subject_prefix):
             raise ValueError(f"subject prefix {subject_prefix!r} is not a valid NATS subject")
@@ -191,6 +290,11 @@ class JetStreamDatastore:
         self.originator_id_type = originator_id_type
         self.replicas = replicas
         self.duplicate_window_s = duplicate_window_s
+        if follower is not None and not _token(follower):
+            raise ValueError(f"follower name {follower!r} cannot be a NATS subject token")
+        self.follower = follower
+        """The application these recorders belong to: tracking subjects name it beside the
+        application followed, so two followers of one upstream never share a subject."""
         self._last: dict[str, _Last] = {}
         self._last_lock = threading.Lock()
 
@@ -199,7 +303,7 @@ class JetStreamDatastore:
     def events_spec(self) -> StreamSpec:
         return StreamSpec(
             name=self.stream,
-            subjects=(f"{self.prefix}.evt.>", f"{self.prefix}.trk.>"),
+            subjects=tuple(f"{self.prefix}.{kind}.>" for kind in LEDGER_SUBJECT_KINDS),
             replicas=self.replicas,
             duplicate_window_s=self.duplicate_window_s,
         )
@@ -259,9 +363,13 @@ class JetStreamDatastore:
         return UUID(tail) if self.originator_id_type == "uuid" else tail
 
     def tracking_subject(self, application_name: str) -> str:
-        if not _TOKENS.fullmatch(application_name) or "." in application_name:
+        """``<prefix>.trk.<follower>.<application followed>`` (``<prefix>.trk.<application>``
+        for a datastore that names no follower)."""
+        if not _token(application_name):
             raise DataError(f"application name {application_name!r} cannot be a NATS subject token")
-        return f"{self.prefix}.trk.{application_name}"
+        if self.follower is None:
+            return f"{self.prefix}.trk.{application_name}"
+        return f"{self.prefix}.trk.{self.follower}.{application_name}"
 
     # ---- reads --------------------------------------------------------------------------------
 
@@ -282,7 +390,7 @@ class JetStreamDatastore:
                 break
             seq = page[-1].seq + 1
         if messages:
-            self._remember(subject, _Last(_position(messages[-1]), messages[-1].seq, messages[-1].headers.get(HASH)))
+            self._remember(subject, _Last.of(messages[-1]))
         return messages
 
     def last_message(self, stream: str, subject: str) -> StoredMessage | None:
@@ -297,8 +405,24 @@ class JetStreamDatastore:
             chunk = list(subjects[start : start + _MULTI_LAST_CHUNK])
             found.extend(self.get(stream, {"multi_last": chunk, "batch": len(chunk)}, batch=True))
         for m in found:
-            self._remember(m.subject, _Last(_position(m), m.seq, m.headers.get(HASH)))
+            self._remember(m.subject, _Last.of(m))
         return found
+
+    def read_filtered(self, stream: str, subjects: str) -> list[StoredMessage]:
+        """Every message on the (wildcard) ``subjects``, in order. A wildcard filter walks the
+        stream's subjects: for start-up reads of rare subjects, not for hot paths."""
+        messages: list[StoredMessage] = []
+        seq = 1
+        while True:
+            page = self.get(stream, {"seq": seq, "next_by_subj": subjects, "batch": _READ_PAGE}, batch=True)
+            messages.extend(page)
+            if len(page) < _READ_PAGE:
+                return messages
+            seq = page[-1].seq + 1
+
+    def position(self, stream: str, subject: str) -> int:
+        """The tracking id of the last record on the tracking ``subject`` (0 when none)."""
+        return self._refresh(stream, subject).position
 
     def read_range(self, stream: str, first_seq: int, count: int) -> list[StoredMessage]:
         """Up to ``count`` messages (any subject) from ``first_seq`` on, in stream order."""
@@ -319,7 +443,7 @@ class JetStreamDatastore:
 
     def _refresh(self, stream: str, subject: str) -> _Last:
         message = self.last_message(stream, subject)
-        last = _Last(_position(message), message.seq, message.headers.get(HASH)) if message else _Last(0, 0)
+        last = _Last.of(message) if message else _Last(0, 0)
         self._remember(subject, last, force=True)
         return last
 
@@ -339,15 +463,22 @@ class JetStreamDatastore:
         base: str,
         stored_events: Sequence[StoredEvent],
         tracking: Tracking | None = None,
+        decisions: Decisions | None = None,
     ) -> list[int]:
-        """Append events (and a tracking record) atomically; return the events' sequences.
+        """Append events (and a tracking record, or ``decisions``) atomically; return the
+        events' sequences.
 
         Raises ``IntegrityError`` when an event's version is already taken on its aggregate, or
-        the tracking id is not above the application's last; nothing is then recorded.
+        the tracking id is not above the application's last; ``WriterFencedError`` when the
+        ``decisions``' fence was claimed by another writer; nothing is then recorded. While
+        nothing can be sent (no connection, no stream leader) it keeps trying for a while, then
+        raises ``OperationalError``.
         """
-        plan = _Plan.build(self, base, stored_events, tracking)
+        plan = _Plan.build(self, base, stored_events, tracking, decisions)
         unknown_outcome = False
-        for _attempt in range(_MAX_ATTEMPTS):
+        attempts = 0
+        not_sent_until: float | None = None
+        while True:
             conflict = self._known_conflict(stream, plan)
             if conflict:
                 if unknown_outcome:
@@ -355,33 +486,110 @@ class JetStreamDatastore:
                     if committed is not None:
                         return committed
                 raise IntegrityError(conflict)
+            attempts += 1
+            if attempts > _MAX_ATTEMPTS:
+                raise OperationalError(f"append gave up after {_MAX_ATTEMPTS} attempts on changing subjects")
             try:
                 seqs = self.client.append(self._messages(plan), plan.subjects)
             except AppendRejectedError as e:
                 if e.err_code not in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_BATCH, BATCH_DUPLICATE_MSG_ID):
                     raise DataError(f"JetStream refused the append: {e}") from e
+                if plan.fence is not None:
+                    committed = self._check_fence(stream, plan)
+                    if committed is not None:
+                        return committed
                 self._refresh_plan(stream, plan)
                 continue
             except OutcomeUnknownError:
                 unknown_outcome = True
                 try:
+                    if plan.fence is not None:
+                        committed = self._check_fence(stream, plan)
+                        if committed is not None:
+                            return committed
                     self._refresh_plan(stream, plan)
                 except OperationalError as e:
                     raise OperationalError(
                         f"the append's outcome is unknown and NATS is unreachable: {e}"
                     ) from e
                 continue
+            except NotSentError as e:
+                # Nothing was stored (disconnected, or no stream leader to answer): try again
+                # with back-off for a while, without counting it as an attempt.
+                now = time.monotonic()
+                if not_sent_until is None:
+                    not_sent_until = now + _NOT_SENT_PATIENCE
+                if now >= not_sent_until:
+                    raise OperationalError(f"could not send the append for {_NOT_SENT_PATIENCE:g} s: {e}") from e
+                attempts -= 1
+                time.sleep(min(1.0, 0.05 * 2 ** min(attempts + 1, 5)))
+                continue
             except NatsUnavailableError as e:
                 raise OperationalError(str(e)) from e
             except ValueError as e:
                 raise ProgrammingError(str(e)) from e
             for subject, last_index in plan.last_index.items():
-                self._remember(subject, _Last(plan.positions[last_index], seqs[last_index], plan.hashes.get(last_index)))
+                self._remember(
+                    subject,
+                    _Last(
+                        plan.positions[last_index], seqs[last_index], plan.hashes.get(last_index),
+                        plan.fence.epoch if plan.fence is not None and subject == plan.fence.subject else None,
+                        plan.nonce if plan.fence is not None and subject == plan.fence.subject else None,
+                    ),
+                )  # fmt: skip
             return seqs[: len(plan.events)]
-        raise OperationalError(f"append gave up after {_MAX_ATTEMPTS} attempts on changing subjects")
+
+    def claim(self, stream: str, fence: Fence, body: bytes = b"") -> int:
+        """Claim ``fence.subject`` for the writer of ``fence.epoch``: append a record of the claim
+        there, expecting the subject's last message, so that any append of an earlier writer
+        (which expects its own last record) is refused from now on. Returns the position (the
+        tracking id) the subject was at. Call it only while holding the writer lease of
+        ``fence.epoch``: the lease decides who may claim, the claim makes it stick.
+        """
+        for _attempt in range(_MAX_ATTEMPTS * 4):
+            last_message = self.last_message(stream, fence.subject)
+            last = _Last.of(last_message) if last_message is not None else _Last(0, 0)
+            nonce = os.urandom(12).hex()
+            headers = {
+                TRACKING_ID: str(last.position),
+                WRITER_EPOCH: str(fence.epoch),
+                NONCE: nonce,
+                MSG_ID: f"{fence.subject}:{nonce}",
+                EXPECTED_LAST_SUBJECT_SEQUENCE: str(last.seq),
+            }
+            try:
+                seqs = self.client.append([OutgoingMessage(fence.subject, body, headers)], frozenset({fence.subject}))
+            except AppendRejectedError as e:
+                if e.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_BATCH, BATCH_DUPLICATE_MSG_ID):
+                    continue
+                raise DataError(f"JetStream refused the claim: {e}") from e
+            except NatsUnavailableError:
+                time.sleep(0.2)
+                continue  # the next round reads what is there (our claim, if it was stored)
+            self._remember(fence.subject, _Last(last.position, seqs[0], None, fence.epoch, nonce), force=True)
+            return last.position
+        raise OperationalError(f"could not claim {fence.subject}")
+
+    def _check_fence(self, stream: str, plan: _Plan) -> list[int] | None:
+        """After a refused or unanswered fenced append: its events' sequences if it was in fact
+        committed (its nonce is the fence subject's last); ``WriterFencedError`` if another
+        writer claimed the subject; None if it is still this writer's to try again."""
+        assert plan.fence is not None
+        last = self._refresh(stream, plan.fence.subject)
+        if last.nonce is not None and last.nonce == plan.nonce:
+            first = last.seq - len(plan.drafts) + 1
+            return list(range(first, first + len(plan.events)))
+        if last.epoch != plan.fence.epoch:
+            raise WriterFencedError(
+                f"{plan.fence.subject} belongs to writer epoch {last.epoch}, not this writer's {plan.fence.epoch}: "
+                "another writer took over"
+            )
+        return None
 
     def _known_conflict(self, stream: str, plan: _Plan) -> str | None:
         for subject, first_index in plan.first_index.items():
+            if plan.fence is not None and subject == plan.fence.subject:
+                continue  # the fence is checked by the server: the subject's last must be ours
             if subject == plan.tracking_subject:
                 last = self._last.get(subject) or self._refresh(stream, subject)
             else:
@@ -445,12 +653,19 @@ class _Plan:
     last_index: dict[str, int]
     subjects: frozenset[str]
     tracking_subject: str | None
+    fence: Fence | None = None
+    nonce: str | None = None
     hashes: dict[int, str] = field(default_factory=dict)
     """Each event's ``Ledger-Hash``, by index, as last sent."""
 
     @classmethod
     def build(
-        cls, store: JetStreamDatastore, base: str, events: Sequence[StoredEvent], tracking: Tracking | None
+        cls,
+        store: JetStreamDatastore,
+        base: str,
+        events: Sequence[StoredEvent],
+        tracking: Tracking | None,
+        decisions: Decisions | None = None,
     ) -> _Plan:
         drafts: list[tuple[str, bytes, dict[str, str]]] = []
         positions: list[int] = []
@@ -493,6 +708,29 @@ class _Plan:
                     },
                 )
             )
+        if decisions is not None:
+            if tracking is not None:
+                raise ProgrammingError("an append has a tracking record or decisions, not both")
+            for subject, data, headers in decisions.messages:
+                drafts.append((f"{store.prefix}.{subject}", data, headers))
+                positions.append(0)
+            fence = decisions.fence
+            tracking_subject = fence.subject
+            i = len(drafts)
+            first_index[tracking_subject] = last_index[tracking_subject] = i
+            positions.append(decisions.position)
+            drafts.append(
+                (
+                    tracking_subject,
+                    decisions.body,
+                    {
+                        MSG_ID: f"{tracking_subject}:{decisions.nonce}",
+                        TRACKING_ID: str(decisions.position),
+                        WRITER_EPOCH: str(fence.epoch),
+                        NONCE: decisions.nonce,
+                    },
+                )
+            )
         return cls(
             events=events,
             drafts=drafts,
@@ -501,7 +739,13 @@ class _Plan:
             last_index=last_index,
             subjects=frozenset(first_index),
             tracking_subject=tracking_subject,
+            fence=decisions.fence if decisions is not None else None,
+            nonce=decisions.nonce if decisions is not None else None,
         )
+
+
+def _token(text: str) -> bool:
+    return bool(_TOKENS.fullmatch(text)) and "." not in text
 
 
 def _position(message: StoredMessage) -> int:

@@ -8,7 +8,7 @@ Settings (environment, optionally prefixed with the application's name, as the l
 |---|---|---|
 | ``NATS_URL`` | (required) | server URL(s), comma-separated |
 | ``NATS_STREAM`` | ``LEDGER`` | the event stream; snapshots go to ``<stream>_SNAPSHOTS`` |
-| ``NATS_SUBJECT_PREFIX`` | ``ledger`` | subjects are ``<prefix>.evt.<aggregate id>``, ``<prefix>.trk.<app>`` |
+| ``NATS_SUBJECT_PREFIX`` | ``ledger`` | subjects are ``<prefix>.evt.<aggregate id>``, ``<prefix>.trk.<follower>.<app followed>`` |
 | ``NATS_TIMEOUT`` | ``5`` | seconds to wait for any answer from the server |
 | ``NATS_CONNECT_TIMEOUT`` | ``5`` | seconds to wait for the first connection |
 | ``NATS_REPLICAS`` | ``1`` | stream replicas when the stream is created (3 in a cluster) |
@@ -80,6 +80,8 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
             originator_id_type=cast(Literal["uuid", "text"], id_type),
             replicas=int(self._number(self.NATS_REPLICAS, 1)),
             duplicate_window_s=self._number(self.NATS_DUPLICATE_WINDOW, 120.0),
+            # Tracking subjects name the follower (this application) beside what it follows.
+            follower=self.env.name or None,
         )
 
     def _number(self, key: str, default: float) -> float:

@@ -37,6 +37,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ledger.jetstream.datastore import (
     TOPIC,
+    Decisions,
     TRACKING_ID,
     VERSION,
     JetStreamDatastore,
@@ -64,13 +65,17 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         self.datastore.ensure_stream(self.spec, create=create)
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        self._insert(stored_events, kwargs.get("tracking"))
+        self._insert(stored_events, kwargs.get("tracking"), kwargs.get("decisions"))
         return None
 
-    def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
-        if not stored_events and tracking is None:
+    def _insert(
+        self, stored_events: Sequence[StoredEvent], tracking: Tracking | None, decisions: Decisions | None = None
+    ) -> list[int]:
+        """``decisions`` (not a library argument): what an ingestion decided beside its events,
+        recorded in the same atomic append behind its writer's fence."""
+        if not stored_events and tracking is None and decisions is None:
             return []
-        return self.datastore.append(self.stream, self.base, stored_events, tracking)
+        return self.datastore.append(self.stream, self.base, stored_events, tracking, decisions)
 
     def last_versions(self, originator_ids: Sequence[UUID | str]) -> dict[UUID | str, int]:
         """The last version of each of the aggregates that exist, in a few round trips (not a
@@ -116,7 +121,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         self._ahead_lock = threading.Lock()
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        return self._insert(stored_events, kwargs.get("tracking"))
+        return self._insert(stored_events, kwargs.get("tracking"), kwargs.get("decisions"))
 
     def select_notifications(
         self,
