@@ -13,8 +13,10 @@ gaps (``EXPECT_CONTIGUOUS_NOTIFICATION_IDS`` does not hold for it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from collections.abc import Sequence
@@ -43,6 +45,8 @@ from ledger.jetstream.datastore import (
     JetStreamDatastore,
     StreamSpec,
 )
+
+log = logging.getLogger("ledger.jetstream")
 
 _NOTIFICATION_PAGE = 1000
 _SUBSCRIPTION_BUFFER = 10_000
@@ -230,25 +234,52 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
     than the live buffer holds, the consumer is dropped at the first message that did not fit
     and reading goes back to pages from there — a push consumer outrunning its reader would
     otherwise have the client drop messages (nats-py's slow-consumer limits) that the ordered
-    consumer never delivers again.
+    consumer never delivers again. When the connection reconnects (a server restarted, a
+    cluster node lost), the live consumer is started again at once from the next sequence,
+    instead of after the ordered consumer's missed heartbeats.
+
+    Each switch (live → pages, live → live again) happens under ``_switch``, the lock the live
+    callback holds while it buffers: the generation changes first, so no message of the old
+    consumer can be buffered after its position was handed on; and every id handed out is
+    above the last one (``_last_id``), so nothing is delivered twice or out of order.
     """
 
     _STOP = object()
 
-    def __init__(self, recorder: JetStreamApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
+    def __init__(
+        self,
+        recorder: JetStreamApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        buffer: int | None = None,
+    ):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self._buffer: queue.Queue[Any] = queue.Queue(maxsize=_SUBSCRIPTION_BUFFER)
+        self._buffer: queue.Queue[Any] = queue.Queue(maxsize=buffer or _SUBSCRIPTION_BUFFER)
         self._wanted = frozenset(topics)
         self._client = recorder.datastore.client
         self._next_seq = (gt or 0) + 1
         """The next stream sequence to read from pages."""
+        self._last_id = gt or 0
+        """The last notification id handed out."""
         self._page: deque[Notification | int] = deque()
         self._sub: Any = None
+        self._switch = threading.Lock()
         self._generation = 0
+        self._live_next = self._next_seq
+        """The next stream sequence the current live consumer has not handed on."""
         self._behind_from: int | None = None
         """Set by the live consumer: the first sequence it could not buffer."""
+        self._reconnects = self._client.nc.stats["reconnects"]
+        """The connection's reconnect count the live consumer was started after."""
+        self._restarting = False
+        """A restart after a reconnect failed (the server may still be recovering): retried."""
+        self._restart_after = 0.0
+        self._restart_delay = 0.0
         self.fell_behind = 0
         """How often the reader fell behind the live consumer and went back to pages."""
+        self.restarted = 0
+        """How often the live consumer was started again after a reconnect."""
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -256,21 +287,32 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         while not self._has_been_stopped:
             while self._page:
                 item = self._page.popleft()
-                if type(item) is not int:
+                if type(item) is not int and item.id > self._last_id:  # type: ignore[union-attr]
+                    self._last_id = item.id  # type: ignore[union-attr]
                     return item  # type: ignore[return-value]
             if self._sub is None:
-                self._read_page()
+                if self._restarting:
+                    self._restart_live()
+                    if self._restarting:
+                        time.sleep(0.02)
+                else:
+                    self._read_page()
                 continue
             try:
                 item = self._buffer.get(timeout=0.05)
             except queue.Empty:
                 if self._behind_from is not None:
                     self._back_to_pages()
+                elif self._client.nc.stats["reconnects"] != self._reconnects:
+                    self._restart_live()
                 continue
             if item is self._STOP:
                 break
             if isinstance(item, BaseException):
                 raise OperationalError(f"subscription failed: {item}") from item
+            if item.id <= self._last_id:
+                continue
+            self._last_id = item.id
             return item  # type: ignore[no-any-return]
         raise StopIteration
 
@@ -284,17 +326,59 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             self._follow_live()
 
     def _follow_live(self) -> None:
-        self._generation += 1
-        self._behind_from = None
-        self._sub = self._client.run(self._start(self._next_seq, self._generation))
+        with self._switch:
+            self._generation += 1
+            self._behind_from = None
+            self._live_next = self._next_seq
+            generation = self._generation
+        self._reconnects = self._client.nc.stats["reconnects"]
+        self._sub = self._client.run(self._start(self._next_seq, generation))
 
-    def _back_to_pages(self) -> None:
-        assert self._behind_from is not None
-        self._next_seq, self._behind_from = self._behind_from, None
-        self.fell_behind += 1
-        self._generation += 1  # late messages of the dropped consumer are ignored
+    def _stop_live(self) -> int:
+        """Stop buffering from the live consumer (its late messages are ignored); the buffered
+        ones go to the page queue, in order. Returns the next sequence it did not hand on."""
+        with self._switch:
+            self._generation += 1  # first: nothing of this consumer is buffered from now on
+            next_seq = self._behind_from if self._behind_from is not None else self._live_next
+            self._behind_from = None
+            while True:
+                try:
+                    item = self._buffer.get_nowait()
+                except queue.Empty:
+                    break
+                if item is self._STOP:
+                    self._buffer.put_nowait(item)
+                    break
+                self._page.append(item)
         sub, self._sub = self._sub, None
         self._unsubscribe(sub)
+        return next_seq
+
+    def _back_to_pages(self) -> None:
+        self._next_seq = self._stop_live()
+        self.fell_behind += 1
+
+    def _restart_live(self) -> None:
+        """The connection reconnected: follow live again from the next sequence, now."""
+        now = time.monotonic()
+        if now < self._restart_after:
+            return
+        reconnects = self._client.nc.stats["reconnects"]
+        if self._sub is not None:
+            self._next_seq = self._stop_live()
+        self._restarting = True
+        try:
+            self._follow_live()
+        except Exception as e:  # noqa: BLE001 - the server may still be recovering its streams
+            self._sub = None
+            self._restart_delay = min(1.0, max(0.05, self._restart_delay * 2))
+            self._restart_after = time.monotonic() + self._restart_delay
+            log.info("event=subscription_restart_failed error=%r retry_in=%.2fs", e, self._restart_delay)
+            return
+        self._restarting = False
+        self._reconnects = reconnects
+        self._restart_delay = 0.0
+        self.restarted += 1
 
     # ---- the live consumer (on the client's event loop) -------------------------------------
 
@@ -303,13 +387,13 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first_seq)
 
         async def on_message(msg: Msg) -> None:
-            await self._on_message(msg, generation)
+            self._on_message(msg, generation)
 
         # No filter subject: a wildcard filter makes the server walk every aggregate's subject
         # on large streams. Tracking records are skipped here instead.
         return await js.subscribe("", stream=self._recorder.stream, ordered_consumer=True, config=config, cb=on_message)
 
-    async def _on_message(self, msg: Msg, generation: int) -> None:
+    def _on_message(self, msg: Msg, generation: int) -> None:
         if self._has_been_stopped or generation != self._generation or self._behind_from is not None:
             return
         seq = msg.metadata.sequence.stream
@@ -317,12 +401,16 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             notification = self._recorder._notification(seq, msg.subject, msg, self._wanted)
         except Exception as e:  # noqa: BLE001 - surfaced to the iterating thread
             notification = e
-        if type(notification) is int:
-            return
-        try:
-            self._buffer.put_nowait(notification)
-        except queue.Full:
-            self._behind_from = seq  # the reader reads on from here by pages
+        with self._switch:
+            if generation != self._generation or self._behind_from is not None or seq < self._live_next:
+                return
+            if type(notification) is not int:
+                try:
+                    self._buffer.put_nowait(notification)
+                except queue.Full:
+                    self._behind_from = seq  # the reader reads on from here by pages
+                    return
+            self._live_next = seq + 1
 
     # ---- stopping ---------------------------------------------------------------------------
 
