@@ -196,3 +196,146 @@ class ServeProcess:
                 self.process.wait()
                 raise
         return self.process.returncode
+
+
+# ---- a season whose verdicts depend on state ---------------------------------------------------
+
+PAYMENT_FEN = 32000
+"""The 2022 individual share of a resident (the policy's contribution)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """One upstream message as published: its subject, its body, the ``Nats-Msg-Id`` header (the
+    ``msg_id``, or another one for a deliberate repeat that UPSTREAM's deduplication would
+    otherwise drop), and the outcome its place in the order calls for."""
+
+    subject: str
+    body: dict[str, Any]
+    nats_msg_id: str
+    kind: str
+    """``recorded``, ``duplicate``, ``rejected`` or ``conflict`` (a repeated msg_id, another body)."""
+    reason: str | None = None
+    """The rejection's reason (``msg_id_conflict`` for a conflict)."""
+
+    def as_tuple(self) -> tuple[str, dict[str, Any], str]:
+        """(subject, body, Nats-Msg-Id): what ``tests.trust.cluster.publish_reliably`` takes."""
+        return self.subject, self.body, self.nats_msg_id
+
+
+@dataclass(frozen=True)
+class StatefulSeason:
+    messages: list[Published]
+
+    def publishable(self) -> list[tuple[str, dict[str, Any], str]]:
+        return [m.as_tuple() for m in self.messages]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def expected_by_seq(self, order: list[tuple[int, str, str | None]]) -> dict[int, tuple[str, str | None]]:
+        """The expected (kind, reason) per UPSTREAM sequence, given UPSTREAM's order as
+        ``(seq, subject, Nats-Msg-Id)`` (``tests.trust.outcomes.upstream_order``). Fails unless
+        UPSTREAM holds exactly the season in the published order: the expectations hold for
+        that order only."""
+        published = [m.nats_msg_id for m in self.messages]
+        stored = [msg_id for _, _, msg_id in order]
+        if stored != published:
+            first = next((i for i, (a, b) in enumerate(zip(stored, published)) if a != b), min(len(stored), len(published)))
+            raise AssertionError(
+                f"UPSTREAM holds {len(stored)} messages, {len(published)} published; first difference at index {first}: "
+                f"{stored[first:first + 3]} stored, {published[first:first + 3]} published"
+            )
+        return {seq: (m.kind, m.reason) for (seq, _, _), m in zip(order, self.messages, strict=True)}
+
+    def figures(self) -> dict[str, Any]:
+        kinds = Counter(m.kind if m.reason is None or m.kind == "conflict" else f"{m.kind}:{m.reason}" for m in self.messages)
+        return {"messages": len(self.messages), "expected": dict(sorted(kinds.items()))}
+
+
+def stateful_season(count: int, seed: str = "stateful", block: int = 40) -> StatefulSeason:
+    """``count`` people whose messages' verdicts depend on what the ledger knows when it decides
+    them, so that a message decided a second time (after a lost acknowledgement, a recreated
+    consumer, a second writer) shows:
+
+    - a payment published *before* its enrollment (``no_enrollment``; decided again after the
+      enrollment it would be recorded), then the enrollment, then, a block later, the payment
+      again under a new msg_id (recorded; ``already_enrolled`` had the first been recorded);
+    - an enrollment, the death, then a payment dated after it (``deceased``);
+    - cash: one person pays with a receipt, the next reuses that receipt number
+      (``duplicate_receipt``) and then pays with a fresh one (recorded);
+    - a wrong amount (``amount_mismatch``) followed by the right one;
+    - repeats of a msg_id a block later: an enrollment with the same body (a harmless
+      ``duplicate``: no events, no rejection) and a payment with a different amount (``conflict``:
+      one rejection ``msg_id_conflict``; the first stands). Repeats are published under another
+      ``Nats-Msg-Id`` so that UPSTREAM keeps them;
+    - everyone else enrolls and pays (recorded).
+
+    People come in blocks of ``block``: within a block, early payments, then enrollments, deaths
+    and payments; repeats and resends of a block go out with the next one.
+    """
+    ids = people(count, seed)
+    rng = random.Random(seed)
+    roles = ["plain", "early", "early", "dies", "cash_first", "cash_reuse", "repeat_same", "repeat_different",
+             "wrong_amount", "plain"]  # fmt: skip
+    died, registered, paid_late = "2021-09-10", "2021-09-12T10:00:00+08:00", "2021-09-20T10:00:00+08:00"
+    messages: list[Published] = []
+    carried: list[Published] = []
+
+    def enrollment(i: int) -> dict[str, Any]:
+        return {"msg_id": f"e-{i}", "occurred_at": T0, "id_number": ids[i], "coverage_year": 2022,
+                "category": "resident", "channel": "wechat", "district": "340104"}  # fmt: skip
+
+    def payment(i: int, msg_id: str, amount: int = PAYMENT_FEN, at: str = T0, **extra: Any) -> dict[str, Any]:
+        return {"msg_id": msg_id, "occurred_at": at, "id_number": ids[i], "coverage_year": 2022,
+                "amount_fen": amount, "channel": "wechat", "paid_at": at, **extra}  # fmt: skip
+
+    def cash(i: int, msg_id: str, receipt: str) -> dict[str, Any]:
+        return {**payment(i, msg_id), "channel": "community_cash", "receipt_no": receipt, "collector_id": "C340104-07"}
+
+    ENROLL, PAY, DEATH = "upstream.enrollment.requested", "upstream.payment.received", "upstream.death.registered"
+    for start in range(0, count, block):
+        members = list(range(start, min(start + block, count)))
+        offset = rng.randrange(len(roles))
+        role = {i: roles[(i + offset) % len(roles)] for i in members}
+        early, enrollments, deaths, payments, later = [], [], [], [], []
+        for i in members:
+            r = role[i]
+            enrollments.append(Published(ENROLL, enrollment(i), f"e-{i}", "recorded"))
+            if r == "early":
+                body = payment(i, f"p-{i}")
+                early.append(Published(PAY, body, f"p-{i}", "rejected", "no_enrollment"))
+                later.append(Published(PAY, payment(i, f"p-{i}-again"), f"p-{i}-again", "recorded"))
+            elif r == "dies":
+                deaths.append(Published(DEATH, {"msg_id": f"d-{i}", "occurred_at": registered, "id_number": ids[i],
+                                                "date_of_death": died}, f"d-{i}", "recorded"))  # fmt: skip
+                payments.append(Published(PAY, payment(i, f"p-{i}", at=paid_late), f"p-{i}", "rejected", "deceased"))
+            elif r == "cash_first":
+                payments.append(Published(PAY, cash(i, f"p-{i}", f"R-{i}"), f"p-{i}", "recorded"))
+            elif r == "cash_reuse":
+                # The receipt of the person before, if that one paid cash; else an ordinary cash payment.
+                if role.get(i - 1) == "cash_first":
+                    payments.append(Published(PAY, cash(i, f"p-{i}-reused", f"R-{i - 1}"), f"p-{i}-reused", "rejected",
+                                              "duplicate_receipt"))  # fmt: skip
+                payments.append(Published(PAY, cash(i, f"p-{i}", f"R-{i}"), f"p-{i}", "recorded"))
+            elif r == "wrong_amount":
+                payments.append(Published(PAY, payment(i, f"p-{i}-wrong", amount=PAYMENT_FEN - 100), f"p-{i}-wrong",
+                                          "rejected", "amount_mismatch"))  # fmt: skip
+                payments.append(Published(PAY, payment(i, f"p-{i}"), f"p-{i}", "recorded"))
+            else:
+                payments.append(Published(PAY, payment(i, f"p-{i}"), f"p-{i}", "recorded"))
+                if r == "repeat_same":
+                    later.append(Published(ENROLL, enrollment(i), f"e-{i}~repeat", "duplicate"))
+                elif r == "repeat_different":
+                    later.append(Published(PAY, payment(i, f"p-{i}", amount=PAYMENT_FEN + 100), f"p-{i}~other",
+                                           "conflict", "msg_id_conflict"))  # fmt: skip
+        # The block's early payments come a few dozen messages before their enrollments (within
+        # one pull), the previous block's repeats and resends before this block's payments.
+        messages.extend(early)
+        messages.extend(enrollments)
+        messages.extend(deaths)
+        messages.extend(carried)
+        messages.extend(payments)
+        carried = later
+    messages.extend(carried)
+    return StatefulSeason(messages)

@@ -472,6 +472,22 @@ class LedgerServe:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stays, holding its connections, and does nothing (a long GC
+        pause, a stalled VM) until ``thaw``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after ``freeze``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM; the exit code, or None if it did not exit in ``timeout`` (then SIGKILL)."""
         assert self.process is not None
@@ -492,10 +508,14 @@ class LedgerServe:
             return ""
 
 
-async def publish_reliably(urls: list[str], messages: list[tuple[str, dict[str, Any]]], chunk: int = 500) -> set[str]:
+async def publish_reliably(urls: list[str], messages: list[tuple[Any, ...]], chunk: int = 500) -> set[str]:
     """Publish like an upstream system that resends until acknowledged: in chunks, each sent again
     (same ``Nats-Msg-Id``: UPSTREAM drops what it already has) until every message of it is
-    acknowledged, whichever server is up. Returns the acknowledged ``msg_id``s."""
+    acknowledged, whichever server is up. Returns the acknowledged ``Nats-Msg-Id``s.
+
+    ``messages`` are ``(subject, body)``, the ``Nats-Msg-Id`` being the body's ``msg_id``, or
+    ``(subject, body, nats_msg_id)`` for a deliberate repeat of a ``msg_id`` that UPSTREAM should
+    keep (``tests.integration.ingest_support.stateful_season``)."""
     import nats
 
     nc = await nats.connect(list(urls), max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2)
@@ -507,16 +527,17 @@ async def publish_reliably(urls: list[str], messages: list[tuple[str, dict[str, 
             for _attempt in range(60):
                 futures: list[asyncio.Future[Any]] = []
                 try:
-                    for subject, body in part:
+                    for subject, body, *header in part:
                         data = json.dumps(body, ensure_ascii=False).encode()
-                        futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": body["msg_id"]}))
+                        msg_id = header[0] if header else body["msg_id"]
+                        futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id}))
                     await asyncio.wait_for(asyncio.gather(*futures), 10)
                 except Exception:  # noqa: BLE001 - a server went away: send the chunk again
                     for future in futures:
                         future.cancel()
                     await asyncio.sleep(0.5)
                     continue
-                acked.update(body["msg_id"] for _, body in part)
+                acked.update(header[0] if header else body["msg_id"] for _, body, *header in part)
                 break
             else:
                 raise AssertionError(f"messages {start}… never acknowledged")
@@ -644,6 +665,27 @@ def views_caught_up(views: Path, ledger_seq: int, rejected_seq: int) -> bool:
     except Exception:  # noqa: BLE001 - not created yet, or locked for a moment
         return False
     return state["ledger_position"] >= ledger_seq and state["rejected_position"] >= rejected_seq
+
+
+def serve_env() -> dict[str, str]:
+    """The environment of the ledger's commands in these tests."""
+    return {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+
+
+def replay_command(url: str, tmp_path: Path, name: str, data_dir: Path | None = None) -> list[str]:
+    """``ledger replay`` into ``tmp_path/name.sqlite``."""
+    return [sys.executable, "-m", "ledger.cli", "replay", "--views", f"sqlite:///{tmp_path / (name + '.sqlite')}",
+            "--nats-url", url, "--data-dir", str(data_dir or tmp_path / "data")]  # fmt: skip
+
+
+def run_replay(url: str, tmp_path: Path, name: str, data_dir: Path | None = None) -> tuple[Path, float]:
+    """``ledger replay`` into ``tmp_path/name.sqlite`` to the end; the database and the seconds it
+    took."""
+    db = tmp_path / f"{name}.sqlite"
+    started = time.monotonic()
+    done = subprocess.run(replay_command(url, tmp_path, name, data_dir), cwd=ROOT, env=serve_env(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout.decode(errors="replace")[-2000:] + done.stderr.decode(errors="replace")[-2000:]
+    return db, time.monotonic() - started
 
 
 FIGURES_PREFIX = "TRUST-FIGURES"

@@ -1,0 +1,477 @@
+"""Faults beyond SIGKILL, on real nats-servers, each with a season whose verdicts depend on state
+(``stateful_season``: payments before their enrollment, payments after a death, reused cash
+receipts, repeated msg_ids), so that a message decided a second time shows: every UPSTREAM
+sequence must have exactly one outcome, the one its place in the published order calls for,
+counted from three independent sources in LEDGER (``tests/trust/outcomes.py``), and the live
+views must equal a fresh ``ledger replay``.
+
+- acks lost: ``ledger serve`` reaches the server through a TCP proxy that drops every connection
+  several times mid-ingestion (batches being appended, acknowledgements in flight);
+- the ingestion's durable consumer deleted mid-ingestion, twice, and recreated by the service;
+- two ``ledger serve`` on one server: the writer frozen (SIGSTOP) past its lease while the
+  standby takes over, then thawed: it must not write a single event;
+- the LEDGER stream's leader frozen (SIGSTOP) in a three-node cluster, then thawed.
+
+Figures (``TRUST-FIGURES`` lines with ``pytest -s``, and ``figures.json`` in each test's tmp dir):
+messages, outcomes per message, takeover time, parked count, the faults as they landed. No
+timing is asserted; timeouts are only for waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from ledger.jetstream.server import EmbeddedNatsServer
+from tests.integration.ingest_support import StatefulSeason, stateful_season
+from tests.projections.support import dump
+from tests.trust.cluster import (
+    LedgerServe,
+    NatsCluster,
+    _api,
+    acked_up_to,
+    ingest_state,
+    ingestion_done,
+    last_event_seq,
+    publish_reliably,
+    report,
+    run_replay,
+    stream_messages,
+    views_caught_up,
+    views_state,
+    wait_until,
+)
+from tests.trust.outcomes import (
+    OutcomeCounts,
+    assert_exactly_one_outcome,
+    count_outcomes,
+    mismatched,
+    rejected_caught_up,
+    upstream_order,
+)
+from tests.trust.proxy import TcpProxy
+
+pytestmark = pytest.mark.fault
+
+PEOPLE = 300
+"""About 810 messages (see ``stateful_season``)."""
+CONSUMER = "ledger-ingest"
+LEASE_BUCKET, LEASE_KEY = "ledger_writer", "ingest"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    server = EmbeddedNatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def serves() -> Iterator[list[LedgerServe]]:
+    """The ``ledger serve`` processes a test starts: thawed and killed afterwards if running."""
+    started: list[LedgerServe] = []
+    yield started
+    for serve in started:
+        if serve.alive:
+            serve.thaw()
+            serve.kill()
+
+
+# ---- the proxy itself ------------------------------------------------------------------------------
+
+
+def test_the_proxy_drops_every_client_connection_and_the_client_reconnects_through_it(server: EmbeddedNatsServer) -> None:
+    async def scenario() -> dict[str, Any]:
+        with TcpProxy.to(server.url) as proxy:
+            events: list[str] = []
+            reconnected = asyncio.Event()
+
+            async def on_disconnect() -> None:
+                events.append("disconnected")
+
+            async def on_reconnect() -> None:
+                events.append("reconnected")
+                reconnected.set()
+
+            nc = await nats.connect(proxy.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1,
+                                    disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)  # fmt: skip
+            try:
+                got: list[bytes] = []
+
+                async def received(msg: Any) -> None:
+                    got.append(msg.data)
+
+                await nc.subscribe("probe", cb=received)
+                await nc.flush()
+                first = await asyncio.to_thread(proxy.drop)
+                await asyncio.wait_for(reconnected.wait(), 10)
+                await nc.publish("probe", b"after")  # the subscription was restored on reconnect
+                await nc.flush()
+                await asyncio.sleep(0.2)
+                # Paused: bytes wait in the proxy; nothing reaches the server or the client until
+                # it resumes. (No flush while paused: nats-py breaks on a PONG after a flush timeout.)
+                await asyncio.to_thread(proxy.pause)
+                await nc.publish("probe", b"while paused")
+                await asyncio.sleep(0.5)
+                during_pause = list(got)
+                await asyncio.to_thread(proxy.resume)
+                await nc.flush(timeout=5)
+                await asyncio.sleep(0.2)
+                return {"dropped": first, "events": events, "got": got, "during_pause": during_pause,
+                        "accepted": proxy.accepted, "connected_through_proxy": nc.connected_url.port == proxy.port}  # fmt: skip
+            finally:
+                await nc.close()
+
+    result = asyncio.run(scenario())
+    assert result["dropped"] == 1, result
+    assert result["events"][:2] == ["disconnected", "reconnected"], result
+    assert result["accepted"] == 2 and result["connected_through_proxy"], result
+    assert result["during_pause"] == [b"after"], result
+    assert result["got"] == [b"after", b"while paused"], result
+
+
+# ---- (a) acknowledgements lost -------------------------------------------------------------------
+
+
+def test_connections_dropped_mid_ingestion_lose_acks_but_every_message_keeps_exactly_one_outcome(
+    server: EmbeddedNatsServer, serves: list[LedgerServe], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    season = stateful_season(PEOPLE, seed="faults-acks")
+    total = len(season)
+    with TcpProxy.to(server.url) as proxy:
+        serve = LedgerServe(proxy.url, tmp_path / "data", tmp_path / "serve.log").start()
+        serves.append(serve)
+        wait_until(lambda: ingest_state([server.url]) is not None, 60, "the service to be ready", alive=serve)
+        publisher = _publish_in_background([server.url], season)
+        drops: list[dict[str, Any]] = []
+        rng = random.Random("faults-acks")
+        for share in (0.1, 0.25, 0.4, 0.55, 0.7, 0.85):
+            threshold = int(total * share)
+            wait_until(lambda t=threshold: acked_up_to([server.url]) >= t, 120, f"{threshold} messages applied", alive=serve)
+            time.sleep(rng.uniform(0.0, 0.15))  # at different points of a batch
+            floor = acked_up_to([server.url])
+            drops.append({"acked_at_drop": floor, "connections": proxy.drop()})
+        publisher.join(120)
+        assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
+        wait_until(lambda: ingestion_done([server.url], total), 180, "every message to be applied", alive=serve)
+        outcome = _settle_and_count(server.url, season, [serve], tmp_path)
+        figures = {**outcome.figures, "drops": drops, "proxy_connections_accepted": proxy.accepted,
+                   "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    report(tmp_path, "acks lost: every client connection of ledger serve dropped 6 times mid-ingestion", figures)
+    outcome.check()
+
+
+# ---- (b) the durable consumer deleted --------------------------------------------------------------
+
+
+def test_the_ingestion_consumer_deleted_mid_ingestion_is_recreated_and_nothing_is_decided_twice(
+    server: EmbeddedNatsServer, serves: list[LedgerServe], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    season = stateful_season(PEOPLE, seed="faults-consumer")
+    total = len(season)
+    serve = LedgerServe(server.url, tmp_path / "data", tmp_path / "serve.log").start()
+    serves.append(serve)
+    wait_until(lambda: ingest_state([server.url]) is not None, 60, "the service to be ready", alive=serve)
+    publisher = _publish_in_background([server.url], season)
+    deletions: list[dict[str, Any]] = []
+    for share in (0.3, 0.65):
+        threshold = int(total * share)
+        wait_until(lambda t=threshold: acked_up_to([server.url]) >= t, 120, f"{threshold} messages applied", alive=serve)
+        floor = acked_up_to([server.url])
+        answer = asyncio.run(_api(server.url, f"$JS.API.CONSUMER.DELETE.UPSTREAM.{CONSUMER}"))
+        deleted_at = time.monotonic()
+        recreated = wait_until(lambda: ingest_state([server.url]) is not None, 60, "the consumer to be recreated", alive=serve)
+        deletions.append({"acked_at_delete": floor, "deleted": bool(answer.get("success")), "recreated_in_s": round(recreated, 2),
+                          "recreated_at_floor": acked_up_to([server.url]),
+                          "since_delete_s": round(time.monotonic() - deleted_at, 2)})  # fmt: skip
+    publisher.join(120)
+    assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
+    wait_until(lambda: ingestion_done([server.url], total), 180, "every message to be applied", alive=serve)
+    outcome = _settle_and_count(server.url, season, [serve], tmp_path)
+    report(tmp_path, "the durable consumer ledger-ingest deleted twice mid-ingestion", {
+        **outcome.figures, "deletions": deletions, "seconds": round(time.monotonic() - started, 1),
+    })  # fmt: skip
+    assert all(d["deleted"] for d in deletions), deletions
+    outcome.check()
+
+
+# ---- (c) the writer paused past its lease ----------------------------------------------------------
+
+
+def test_a_writer_paused_past_its_lease_is_replaced_by_the_standby_and_writes_nothing_when_it_wakes(
+    server: EmbeddedNatsServer, serves: list[LedgerServe], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    season = stateful_season(PEOPLE, seed="faults-writer")
+    total = len(season)
+    first = LedgerServe(server.url, tmp_path / "data-1", tmp_path / "serve-1.log").start()
+    serves.append(first)
+    wait_until(lambda: lease(server.url) is not None, 60, "a writer to hold the lease", alive=first)
+    second = LedgerServe(server.url, tmp_path / "data-2", tmp_path / "serve-2.log").start()
+    serves.append(second)
+    wait_until(lambda: ingest_state([server.url]) is not None, 60, "the service to be ready", alive=first)
+    holder = lease(server.url) or {}
+    writer, standby = (second, first) if _pid_of(holder) == second.pid else (first, second)
+    wait_until(lambda: _views_ready(standby), 60, "the standby to be up", alive=standby)
+
+    publisher = _publish_in_background([server.url], season)
+    threshold = int(total * 0.3)
+    wait_until(lambda: acked_up_to([server.url]) >= threshold, 120, f"{threshold} messages applied", alive=writer)
+    writer_epoch = _last_epoch(server.url)
+    writer.freeze()
+    frozen_at = time.monotonic()
+    floor_at_freeze = acked_up_to([server.url])
+    # The standby takes over: a tracking record with a later epoch is in LEDGER (its first write).
+    takeover = wait_until(lambda: _last_epoch(server.url) > writer_epoch, 60, "the standby to write", alive=standby)
+    new_lease = lease(server.url) or {}
+    # Keep the old writer frozen well past its lease while the new one ingests, then wake it.
+    wait_until(lambda: acked_up_to([server.url]) >= min(total, floor_at_freeze + 200), 60, "progress under the new writer",
+               alive=standby)  # fmt: skip
+    frozen_for = time.monotonic() - frozen_at
+    ledger_before_thaw = stream_messages(server.url, "LEDGER")
+    writer.thaw()
+    publisher.join(120)
+    assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
+    wait_until(lambda: ingestion_done([server.url], total), 180, "every message to be applied", alive=standby)
+    time.sleep(2.0)  # whatever the woken writer was about to append has been tried by now
+    serving = [s for s in (standby, writer) if s.alive]
+    outcome = _settle_and_count(server.url, season, serving, tmp_path)
+    stale = _writes_after_a_later_epoch(outcome.counts)
+    figures = {
+        **outcome.figures,
+        "takeover_s": round(takeover, 2),
+        "frozen_s": round(frozen_for, 1),
+        "acked_at_freeze": floor_at_freeze,
+        "epochs": {"old_writer": writer_epoch, "new_writer": max(outcome.counts.epochs, default=None)},
+        "lease_holders": {"before": holder.get("holder"), "after": new_lease.get("holder")},
+        "ledger_messages_at_thaw": ledger_before_thaw,
+        "stale_writes_after_takeover": stale,
+        "old_writer_alive_after_thaw": writer.alive,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    report(tmp_path, "two ledger serve on one server: the writer SIGSTOPped past its lease, the standby takes over, SIGCONT", figures)
+    assert new_lease.get("holder") != holder.get("holder"), f"the lease changed hands: {holder} → {new_lease}"
+    assert not stale, f"tracking records of an older writer epoch after a newer one (the woken writer wrote): {stale}"
+    outcome.check()
+
+
+# ---- (d) the LEDGER leader paused in a cluster ----------------------------------------------------
+
+
+def test_the_ledger_stream_leader_paused_in_a_cluster_keeps_exactly_one_outcome_per_message(
+    serves: list[LedgerServe], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    season = stateful_season(PEOPLE, seed="faults-cluster")
+    total = len(season)
+    with NatsCluster(tmp_path / "cluster") as cluster:
+        serve = LedgerServe(cluster.url, tmp_path / "data", tmp_path / "serve.log", "--replicas", "3").start()
+        serves.append(serve)
+
+        def floor() -> int:
+            return acked_up_to(cluster.urls)
+
+        wait_until(lambda: ingest_state(cluster.urls) is not None, 90, "the service to be ready", alive=serve)
+        publisher = _publish_in_background(cluster.urls, season)
+        threshold = int(total * 0.3)
+        wait_until(lambda: floor() >= threshold, 120, f"{threshold} messages applied", alive=serve)
+        victim = cluster.leader("LEDGER")
+        process = cluster.nodes[victim]._process
+        assert process is not None
+        at_pause = floor()
+        os.kill(process.pid, signal.SIGSTOP)
+        paused_at = time.monotonic()
+        try:
+            others = [u for i, u in enumerate(cluster.urls) if i != victim]
+            # Paused, not dead: its peers elect another leader; ingestion goes on if it can.
+            progressed = _wait_quietly(lambda: acked_up_to(others) >= min(total, at_pause + 100), 20)
+            new_leader = _leader_among(cluster, "LEDGER", others)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        paused_for = time.monotonic() - paused_at
+        publisher.join(120)
+        assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
+        wait_until(lambda: ingestion_done(cluster.urls, total), 180, "every message to be applied", alive=serve)
+        for stream in ("LEDGER", "UPSTREAM"):
+            wait_until(lambda s=stream: cluster.converged(s), 90, f"{stream}'s replicas to converge", alive=serve)
+        # Read through the node that was paused, once every replica holds the same.
+        outcome = _settle_and_count(cluster.urls[victim], season, [serve], tmp_path)
+        report(tmp_path, "cluster: the LEDGER stream leader SIGSTOPped during ingestion, then SIGCONT", {
+            **outcome.figures,
+            "paused": {"node": cluster.node_name(victim), "acked_at_pause": at_pause, "paused_s": round(paused_for, 1),
+                       "progress_while_paused_s": None if progressed is None else round(progressed, 1),
+                       "new_leader": new_leader},
+            "seconds": round(time.monotonic() - started, 1),
+        })  # fmt: skip
+    outcome.check()
+
+
+# ---- shared ---------------------------------------------------------------------------------------
+
+
+class Settled:
+    """The outcome of one scenario: counts, figures and the checks, asserted after reporting."""
+
+    def __init__(self, counts: OutcomeCounts, upstream: int, season: StatefulSeason, expected: dict[int, Any] | str,
+                 views: dict[str, Any]) -> None:  # fmt: skip
+        self.counts = counts
+        self.upstream = upstream
+        self.season = season
+        self.expected = expected
+        self.views = views
+        self.wrong = mismatched(counts, expected) if isinstance(expected, dict) else {}
+        self.figures: dict[str, Any] = {
+            **counts.figures(upstream),
+            "season": season.figures(),
+            "wrong_outcomes": len(self.wrong),
+            "wrong_examples": dict(list(self.wrong.items())[:5]),
+            "upstream_order": "as published" if isinstance(expected, dict) else expected,
+            "views": views,
+        }
+
+    def check(self) -> None:
+        assert isinstance(self.expected, dict), self.expected
+        assert self.upstream == len(self.season), f"UPSTREAM holds {self.upstream} of {len(self.season)} messages"
+        assert_exactly_one_outcome(self.counts, self.upstream)
+        assert not self.wrong, f"{len(self.wrong)} messages decided other than their place in the order calls for: " + json.dumps(
+            dict(list(self.wrong.items())[:10])
+        )
+        for name, state in self.views.items():
+            if name.startswith("live"):
+                assert state["equals_replay"], f"{name} differ from a fresh replay in {state['differs']}"
+                assert state["rejections"] == self.counts.rejections, f"{name}: one rejection row per rejection: {state}"
+
+
+def _settle_and_count(url: str, season: StatefulSeason, serving: list[LedgerServe], tmp_path: Path) -> Settled:
+    """Once every message is acknowledged: wait for REJECTED (derived from LEDGER) and each
+    running service's views to catch up; count the outcomes; replay the views afresh and compare."""
+    wait_until(lambda: rejected_caught_up(url), 60, "REJECTED to catch up with LEDGER's rejections")
+    ledger_seq, rejected_seq = last_event_seq(url), stream_messages(url, "REJECTED")
+    for serve in serving:
+        views = serve.data_dir / "views.sqlite"
+        wait_until(lambda v=views: views_caught_up(v, ledger_seq, rejected_seq), 90, f"the views of {serve.data_dir.name}",
+                   alive=serve)  # fmt: skip
+    counts = count_outcomes(url, read_rejected=True)
+    order = upstream_order(url)
+    try:
+        expected: dict[int, Any] | str = season.expected_by_seq(order)
+    except AssertionError as e:
+        expected = str(e)
+    fresh, seconds = run_replay(url, tmp_path, "fresh-replay", serving[0].data_dir)
+    replayed = dump(f"sqlite:///{fresh}")
+    views: dict[str, Any] = {"replay": {**_counts(views_state(fresh)), "seconds": round(seconds, 1)}}
+    for serve in serving:
+        live_db = serve.data_dir / "views.sqlite"
+        live = dump(f"sqlite:///{live_db}")
+        differs = sorted(t for t in live if t != "tracking" and live[t] != replayed.get(t))
+        views[f"live {serve.data_dir.name}"] = {**_counts(views_state(live_db)), "equals_replay": not differs, "differs": differs}
+    return Settled(counts, len(order), season, expected, views)
+
+
+def _counts(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: state[k] for k in ("audit", "rejections", "coverage", "people")}
+
+
+def _publish_in_background(urls: list[str], season: StatefulSeason) -> threading.Thread:
+    """The upstream systems publish the season in order (resending until acknowledged)."""
+    thread = threading.Thread(target=lambda: asyncio.run(publish_reliably(list(urls), season.publishable())), daemon=True)
+    thread.start()
+    return thread
+
+
+def lease(url: str) -> dict[str, Any] | None:
+    """The writer lease as the KV bucket holds it (``{"holder", "epoch"}``), or None."""
+
+    async def read() -> dict[str, Any] | None:
+        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+        try:
+            reply = await nc.request(f"$JS.API.DIRECT.GET.KV_{LEASE_BUCKET}",
+                                     json.dumps({"last_by_subj": f"$KV.{LEASE_BUCKET}.{LEASE_KEY}"}).encode(), timeout=5)  # fmt: skip
+            headers = reply.headers or {}
+            if headers.get("Status") or headers.get("KV-Operation") in ("DEL", "PURGE") or not reply.data:
+                return None
+            try:
+                value = json.loads(reply.data)
+            except ValueError:
+                return {"holder": reply.data.decode(errors="replace")}
+            return value if isinstance(value, dict) else {"holder": str(value)}
+        except Exception:  # noqa: BLE001 - no bucket yet
+            return None
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def _pid_of(holder: dict[str, Any]) -> int | None:
+    """The process id in a lease holder ``host:pid:nonce``, if it has that form."""
+    parts = str(holder.get("holder", "")).split(":")
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+def _last_epoch(url: str) -> int:
+    """``Ledger-Writer-Epoch`` of the last tracking record of the ingestion (0 if none)."""
+
+    async def read() -> int:
+        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+        try:
+            reply = await nc.request("$JS.API.DIRECT.GET.LEDGER", json.dumps({"last_by_subj": "ledger.trk.Ledger.UPSTREAM"}).encode(),
+                                     timeout=5)  # fmt: skip
+            headers = reply.headers or {}
+            return 0 if headers.get("Status") else int(headers.get("Ledger-Writer-Epoch") or 0)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def _writes_after_a_later_epoch(counts: OutcomeCounts) -> list[dict[str, int]]:
+    """Tracking records, in LEDGER order, whose epoch is below one written before them."""
+    stale, highest = [], 0
+    for index, epoch in enumerate(counts.epochs):
+        if epoch < highest:
+            stale.append({"record": index, "epoch": epoch, "after_epoch": highest})
+        highest = max(highest, epoch)
+    return stale
+
+
+def _views_ready(serve: LedgerServe) -> bool:
+    return (serve.data_dir / "views.sqlite").exists()
+
+
+def _wait_quietly(condition: Any, timeout: float) -> float | None:
+    """Seconds until ``condition`` held, or None if it did not within ``timeout`` (no failure)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except Exception:  # noqa: BLE001 - a node is paused: its answers time out
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def _leader_among(cluster: NatsCluster, stream: str, urls: list[str]) -> str | None:
+    for url in urls:
+        try:
+            info = asyncio.run(_api(url, f"$JS.API.STREAM.INFO.{stream}"))
+        except Exception:  # noqa: BLE001 - try the next
+            continue
+        leader = (info.get("cluster") or {}).get("leader")
+        if leader:
+            return leader
+    return None
