@@ -29,6 +29,7 @@ from faststream.nats.schemas import JStream
 from faststream.params import NoCast
 from faststream.specification import AsyncAPI
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
 from consumers.ingest import UPSTREAM_STREAM, Delivery, Ingestor, Journal, Verdict, decode_parked
@@ -42,6 +43,14 @@ log = logging.getLogger(__name__)
 
 GAP_WAIT = 0.25
 """Seconds to wait before asking again when earlier messages are still out for redelivery."""
+
+PARKED_RETRY_SUBJECT = "ledger.admin.parked.retry"
+"""Request ``{"seqs": [...]}`` (or ``{}`` for all): the writer decides those parked messages again."""
+
+
+class RetryRequest(msgspec.Struct):
+    seqs: list[int] | None = None
+
 
 UpstreamMessage = Union[tuple(SCHEMAS.values())]  # type: ignore[valid-type]  # noqa: UP007
 """Any of the contract's upstream messages (documented in the AsyncAPI document)."""
@@ -114,8 +123,12 @@ class IngestService:
         broker: NatsBroker,
         settings: IngestSettings | None = None,
         on_batch: Callable[[list[Verdict]], None] | None = None,
+        on_role: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_role(role)`` is told each time the service becomes the ``writer`` or a
+        ``standby`` (``ledger serve`` publishes coverage downstream only while writing)."""
         self.ledger = ledger
+        self._on_role = on_role
         self.broker = broker
         self.settings = settings = settings or IngestSettings()
         self.ingestor = Ingestor(ledger) if ledger is not None else None  # type: ignore[arg-type]
@@ -129,6 +142,9 @@ class IngestService:
         self._keeper: asyncio.Task[None] | None = None
         self._standing_by = False
         self._stepping_down: asyncio.Task[None] | None = None
+        self._deciding = asyncio.Lock()
+        """Held while a pull or an operator's retry is decided: one at a time."""
+        self._retries: Any = None
         self._closed = False
         self.subscriber = broker.subscriber(
             UPSTREAM_SUBJECTS,
@@ -151,6 +167,11 @@ class IngestService:
             ),
         )
         self.subscriber(self.handle)
+        # The broker stops its subscribers before it closes the connection: that is the moment to
+        # give the lease up, so that a standby need not wait for it to expire. (The service itself
+        # stops and restarts the consumer with ``_stop_consumer`` when it stands by.)
+        self._stop_consumer = self.subscriber.stop
+        self.subscriber.stop = self._on_broker_stop  # type: ignore[method-assign]
 
     # ---- the writer role ----------------------------------------------------------------------
 
@@ -177,6 +198,8 @@ class IngestService:
                     if lease.held:
                         if not await lease.renew():
                             await self._step_down("the writer lease expired or was taken")
+                        else:
+                            await self._check_consumer()
                         await asyncio.sleep(self.settings.lease_ttl / 5)
                         continue
                     if await lease.acquire():
@@ -217,7 +240,7 @@ class IngestService:
             parked=[decode_parked(m.data) for m in parked],
         )
         self._done = position
-        self.role = "writer"
+        self._set_role("writer")
         self.stats.takeovers += 1
         log.info(
             "event=writer epoch=%d holder=%s position=%d parked=%d",
@@ -227,13 +250,32 @@ class IngestService:
             self._standing_by = False
             await self.subscriber.start()
 
+    async def _check_consumer(self) -> None:
+        """Recreate the durable consumer if someone deleted it (its pull loop cannot recover by
+        itself). Nothing is decided twice: the position, not the consumer, says what is done."""
+        js = self.broker.config.connection_state.stream
+        try:
+            await js.consumer_info(UPSTREAM_STREAM, self.settings.durable)
+        except NotFoundError:
+            log.warning("event=consumer_missing consumer=%s: recreating it", self.settings.durable)
+            await self._stop_consumer()
+            await self.subscriber.start()
+
     async def _stand_by(self) -> None:
         holder = await self.lease.current() if self.lease is not None else None
         log.info("event=standby writer=%s", holder[0] if holder else "?")
-        self.role = "standby"
+        self._set_role("standby")
         if not self._standing_by and self.subscriber.running:
             self._standing_by = True
-            await self.subscriber.stop()
+            await self._stop_consumer()
+
+    def _set_role(self, role: str) -> None:
+        changed, self.role = self.role != role, role
+        if changed and self._on_role is not None:
+            try:
+                self._on_role(role)
+            except Exception as e:  # noqa: BLE001 - the role holds whatever the listener does
+                log.error("event=role_listener_failed role=%s error=%r", role, e)
 
     async def _step_down(self, why: str) -> None:
         log.warning("event=stepped_down reason=%r", why)
@@ -244,13 +286,60 @@ class IngestService:
             self.ledger.forget_cache()
         await self._stand_by()
 
+    async def _on_broker_stop(self) -> None:
+        await self._stop_consumer()
+        await self.close()
+
     async def start(self) -> None:
-        """Start contending for the writer lease (after the broker started)."""
+        """Start contending for the writer lease (after the broker started), and answer
+        operators' retries of parked messages while writing."""
         self._start_keeper()
+        nc = self.broker.config.connection_state.connection
+        self._retries = await nc.subscribe(PARKED_RETRY_SUBJECT, cb=self._on_retry)
+
+    async def _on_retry(self, msg: Any) -> None:
+        if not self.writing:
+            return  # standbys stay silent: the writer answers
+        try:
+            request = msgspec.json.decode(msg.data or b"{}", type=RetryRequest)
+            results = await self.retry_parked(request.seqs)
+            reply = msgspec.json.encode({"writer": self.lease.holder if self.lease else "", "results": results})
+        except Exception as e:  # noqa: BLE001 - the operator hears of it
+            reply = msgspec.json.encode({"error": repr(e)[:500]})
+        if msg.reply:
+            await msg.respond(reply)
+
+    async def retry_parked(self, seqs: list[int] | None = None) -> list[dict[str, Any]]:
+        """Decide parked messages again (all, or ``seqs``), oldest first, each after the ones
+        about the same person before it; a message still held behind one that stays parked is
+        left as it is. Returns each message's new outcome."""
+        assert self.ingestor is not None
+        js = self.broker.config.connection_state.stream
+        results: list[dict[str, Any]] = []
+        async with self._deciding:
+            journal = self.ingestor.journal
+            for seq in sorted(seqs if seqs else list(journal.parked)):
+                parked = journal.parked.get(seq)
+                if parked is None:
+                    results.append({"upstream_seq": seq, "outcome": "not_parked"})
+                    continue
+                behind = journal.holding(parked.holds)
+                if behind is not None and behind != seq:
+                    results.append({"upstream_seq": seq, "outcome": "parked", "reason": "held", "behind": behind})
+                    continue
+                stored = await js.get_msg(UPSTREAM_STREAM, seq, direct=True)
+                delivery = Delivery(stored.subject or "", stored.data or b"", 1, seq)
+                (verdict,) = await asyncio.to_thread(self.ingestor.process, [delivery], retrying=True)
+                self.stats.count([verdict])
+                results.append({"upstream_seq": seq, "outcome": verdict.kind, "reason": verdict.reason})
+        return results
 
     async def close(self) -> None:
         """Stop holding (or waiting for) the lease; the broker stops the consumer itself."""
         self._closed = True
+        if self._retries is not None:
+            await self._retries.unsubscribe()
+            self._retries = None
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
@@ -305,7 +394,8 @@ class IngestService:
             Delivery(m.subject, m.data, m.metadata.num_delivered, m.metadata.sequence.stream) for m in ready
         ]
         try:
-            verdicts = await asyncio.to_thread(self.ingestor.process, deliveries) if deliveries else []
+            async with self._deciding:
+                verdicts = await asyncio.to_thread(self.ingestor.process, deliveries) if deliveries else []
         except WriterFencedError as e:
             for raw in ready + later:
                 await raw.nak(delay=1)

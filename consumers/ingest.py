@@ -194,10 +194,8 @@ class Journal:
 
     def holding(self, holds: Iterable[str]) -> int | None:
         """The parked message a message about ``holds`` must wait behind, if any."""
-        for key in holds:
-            if key in self.held:
-                return self.held[key]
-        return None
+        behind = [self.held[key] for key in holds if key in self.held]
+        return min(behind) if behind else None
 
     def _fold_parked(self, message: ParkedMessage) -> None:
         if message.released:
@@ -205,7 +203,7 @@ class Journal:
             return
         self.parked[message.upstream_seq] = message
         for key in message.holds:
-            self.held.setdefault(key, message.upstream_seq)
+            self.held[key] = min(self.held.get(key, message.upstream_seq), message.upstream_seq)
 
     def _release(self, seq: int) -> None:
         message = self.parked.pop(seq, None)
@@ -306,6 +304,8 @@ class Ingestor:
         if not retrying and delivery.stream_seq and delivery.stream_seq <= self.journal.position:
             return DECIDED
         holds = self._holds(message) if isinstance(message, Upstream) else []
+        if retrying and delivery.stream_seq in self.journal.parked:
+            holds = self.journal.parked[delivery.stream_seq].holds
         behind = self.journal.holding(holds)
         if behind is not None and behind != delivery.stream_seq:
             verdict = Verdict(

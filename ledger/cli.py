@@ -189,6 +189,25 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(verify)
     verify.set_defaults(run=_verify)
 
+    parked = commands.add_parser(
+        "parked",
+        help="list messages the ingestion parked, or have the writer decide them again",
+        description="A message that failed the same way on every try (not for a policy reason) is parked "
+        "with its reason; later messages about the same person wait behind it (parked, held). `list` shows "
+        "them from LEDGER; `retry` asks the running writer to decide them again, oldest first, once the "
+        "cause is fixed.",
+    )
+    parked_commands = parked.add_subparsers(required=True, metavar="ACTION")
+    parked_list = parked_commands.add_parser("list", help="the parked messages, oldest first")
+    _store_options(parked_list)
+    _format_option(parked_list)
+    parked_list.set_defaults(run=_parked_list)
+    parked_retry = parked_commands.add_parser("retry", help="decide parked messages again (all, or the sequences given)")
+    parked_retry.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="UPSTREAM sequences (default: all)")
+    _store_options(parked_retry)
+    _format_option(parked_retry)
+    parked_retry.set_defaults(run=_parked_retry)
+
     demo = commands.add_parser(
         "demo",
         help="a Hefei enrollment season end to end on embedded defaults (make demo)",
@@ -315,8 +334,18 @@ async def serve(args: argparse.Namespace) -> int:
         # Reconnect for as long as it takes (a node or the cluster down for minutes): nats-py's
         # default gives up after 60 attempts, and FastStream then spins on a closed connection.
         broker = NatsBroker(server_urls(url), logger=None, max_reconnect_attempts=-1)
+        def on_role(role: str) -> None:
+            """Only the writer publishes coverage downstream and signs checkpoints; a standby
+            keeps its views and answers coverage.query."""
+            if projections is None or projections.publisher is None:
+                return
+            if role == "writer":
+                projections.publisher.activate()
+            elif hasattr(projections.publisher, "deactivate"):
+                projections.publisher.deactivate()
+
         service = IngestService(
-            ledger, broker,
+            ledger, broker, on_role=on_role, settings=
             IngestSettings(
                 batch_size=args.batch_size, replicas=args.replicas,
                 lease_ttl=float(os.environ.get("LEDGER_LEASE_SECONDS", "5")),
@@ -325,7 +354,7 @@ async def serve(args: argparse.Namespace) -> int:
         await broker.connect()
         await ensure_ingest_streams(broker, args.replicas)
         views_url = args.views or default_views_url(data_dir)
-        projections = await asyncio.to_thread(start_projections, ledger, url, views_url, args.replicas)
+        projections = await asyncio.to_thread(start_projections, ledger, url, views_url, args.replicas, standby=True)
         log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
         queries = CoverageQueryService(ledger, broker, projections.projection)
         await queries.start(broker.config.connection_state.connection)
@@ -344,7 +373,7 @@ async def serve(args: argparse.Namespace) -> int:
                 projections.check()  # a failed projection stops the service loudly
                 if broker.config.connection_state.connection.is_closed:
                     raise SystemExit("the NATS connection is closed for good: stopping (a supervisor restarts the service)")
-            if time.monotonic() >= next_checkpoint:
+            if time.monotonic() >= next_checkpoint and service.writing:
                 await asyncio.to_thread(_checkpoint, checkpoints)
                 next_checkpoint = time.monotonic() + interval
         log.info(
@@ -352,9 +381,11 @@ async def serve(args: argparse.Namespace) -> int:
             service.stats.recorded, service.stats.rejected, queries.answered,
         )  # fmt: skip
         await queries.stop()
+        writing = service.writing
         await service.close()  # a standby takes over at once, not after the lease's TTL
         await broker.stop()
-        await asyncio.to_thread(_checkpoint, checkpoints)
+        if writing:
+            await asyncio.to_thread(_checkpoint, checkpoints)
     finally:
         url_file.unlink(missing_ok=True)
         if projections is not None:
@@ -395,13 +426,14 @@ SERVE_URL_FILE = "serve.url"
 """Written by a running ``ledger serve`` in its data directory: other commands use its server."""
 
 
-def start_projections(ledger: Any, url: str, views_url: str, replicas: int = 1) -> Any:
-    """The live projections of ``ledger`` into ``views_url``, publishing coverage downstream."""
+def start_projections(ledger: Any, url: str, views_url: str, replicas: int = 1, *, standby: bool = False) -> Any:
+    """The live projections of ``ledger`` into ``views_url``, publishing coverage downstream
+    (with ``standby``, only once ``publisher.activate()`` is called: the writer publishes)."""
     from projections.runner import Projections
 
     return Projections(
         ledger_env=dict(ledger.env), views_url=views_url, nats_url=url, policy=ledger.policy, loader=ledger,
-        publish=True, replicas=replicas,
+        publish=True, replicas=replicas, standby=standby,
     )  # fmt: skip
 
 
@@ -893,6 +925,61 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     print(f"NOT INTACT: {report.findings[0]}")
     return 1
+
+
+# ---- parked messages -----------------------------------------------------------------------------
+
+
+def _parked_list(args: argparse.Namespace) -> int:
+    from consumers.ingest import Journal, decode_parked
+
+    store = _Store(args)
+    try:
+        datastore = store.ledger.recorder.datastore
+        records = datastore.read_filtered(datastore.stream, f"{datastore.prefix}.park.>")
+    finally:
+        store.close()
+    journal = Journal(parked=[decode_parked(m.data) for m in records])
+    rows = [
+        {"upstream_seq": m.upstream_seq, "subject": m.subject, "msg_id": m.msg_id, "reason": m.reason,
+         "detail": m.detail, "persons": len(m.holds)}
+        for m in sorted(journal.parked.values(), key=lambda m: m.upstream_seq)
+    ]  # fmt: skip
+    _emit(rows, args.format, title=f"{len(rows)} parked messages")
+    return 0
+
+
+def _parked_retry(args: argparse.Namespace) -> int:
+    import msgspec
+    import nats
+
+    from consumers.app import PARKED_RETRY_SUBJECT
+    from ledger.jetstream.client import server_urls
+
+    url = args.nats_url
+    running = args.data_dir / SERVE_URL_FILE
+    if not url and running.exists():
+        url = running.read_text().strip()
+    if not url:
+        raise SystemExit("no running ledger serve: give --nats-url of the cluster it serves (the writer answers)")
+
+    async def ask() -> Any:
+        nc = await nats.connect(server_urls(url))
+        try:
+            reply = await nc.request(PARKED_RETRY_SUBJECT, msgspec.json.encode({"seqs": args.seqs or None}), timeout=60)
+        except nats.errors.NoRespondersError:
+            raise SystemExit("no ledger serve answers: is one running and writing?") from None
+        except nats.errors.TimeoutError:
+            raise SystemExit("the writer did not answer within 60 s (its log says why)") from None
+        finally:
+            await nc.close()
+        return msgspec.json.decode(reply.data)
+
+    answer = asyncio.run(ask())
+    if "error" in answer:
+        raise SystemExit(f"the writer could not retry: {answer['error']}")
+    _emit(answer["results"], args.format, title=f"retried by {answer['writer']}")
+    return 0
 
 
 # ---- demo ----------------------------------------------------------------------------------------

@@ -155,7 +155,8 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
             advance(now - seen)
             seen = now
             time.sleep(0.3)
-    ledger_end = _last_seq(url, "LEDGER")
+    ledger_end = _last_event_seq(url)
+    asyncio.run(_rejected_caught_up(url))
     rejected_end = _last_seq(url, "REJECTED")
     views = data_dir / "views.sqlite"
     with progress.bar("views catching up", ledger_end) as advance:
@@ -176,6 +177,37 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
             if now >= ledger_end and int(positions.get("REJECTED", 0)) >= rejected_end:
                 return time.monotonic()
             time.sleep(0.3)
+
+
+def _last_event_seq(url: str) -> int:
+    """The LEDGER sequence of the last event (tracking records and rejections follow events)."""
+    import nats
+
+    async def ask() -> int:
+        nc = await nats.connect(url)
+        try:
+            reply = await nc.request("$JS.API.DIRECT.GET.LEDGER", json.dumps({"last_by_subj": "ledger.evt.>"}).encode(), timeout=10)
+            return 0 if reply.headers and reply.headers.get("Status") == "404" else int(reply.headers["Nats-Sequence"])
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+async def _rejected_caught_up(url: str) -> None:
+    import nats
+
+    from consumers.streams import rejected_caught_up
+
+    nc = await nats.connect(url)
+    try:
+
+        async def request(subject: str, payload: bytes) -> bytes:
+            return (await nc.request(subject, payload, timeout=10)).data
+
+        await rejected_caught_up(request, timeout=60)
+    finally:
+        await nc.close()
 
 
 def _last_seq(url: str, stream: str) -> int:
