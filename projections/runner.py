@@ -55,6 +55,9 @@ class RejectionsReader:
         self.stream = stream
         self._stop = threading.Event()
         self.error: BaseException | None = None
+        self._last = 0
+        """The last REJECTED sequence read."""
+        self._generation = 0
         self._thread = threading.Thread(target=self._run, name="rejections-reader", daemon=True)
         self._thread.start()
 
@@ -67,7 +70,6 @@ class RejectionsReader:
 
     async def _read(self) -> None:
         import nats
-        from nats.js.api import ConsumerConfig, DeliverPolicy
 
         async def on_error(e: Exception) -> None:
             if isinstance(e, nats.errors.SlowConsumerError):
@@ -75,28 +77,68 @@ class RejectionsReader:
                 self.error = RuntimeError(f"rejections reader fell behind and lost messages: {e!r}")
                 self._stop.set()
 
-        nc = await nats.connect(server_urls(self.url), max_reconnect_attempts=-1, error_cb=on_error)
+        reconnected = asyncio.Event()
+
+        async def on_reconnected() -> None:
+            reconnected.set()
+
+        nc = await nats.connect(
+            server_urls(self.url), max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnected,
+            reconnect_time_wait=0.25,
+        )
         try:
             js = nc.jetstream()
-            after = self.view.max_tracking_id(REJECTED_TRACKING) or 0
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
-                opt_start_seq=after + 1 if after else None,
-            )
+            self._last = self.view.max_tracking_id(REJECTED_TRACKING) or 0
+            sub = None
             while not self._stop.is_set():
                 try:
                     # Every message of the stream (its subjects are ledger.rejected.<reason>).
-                    sub = await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=self._on)
+                    sub = await self._follow(js)
                     break
                 except nats.js.errors.NotFoundError:
                     await asyncio.sleep(0.5)  # the stream is created by the ingestion
             else:
                 return
             while not self._stop.is_set():
+                if reconnected.is_set():
+                    # A server restarted: follow again from the next sequence now, instead of
+                    # when the ordered consumer has missed enough heartbeats to reset itself.
+                    reconnected.clear()
+                    old, sub = sub, None
+                    try:
+                        await old.unsubscribe()
+                    except Exception:  # noqa: BLE001 - the old consumer expires on the server
+                        pass
+                    try:
+                        sub = await self._follow(js)
+                    except Exception as e:  # noqa: BLE001 - JetStream may still be recovering: retried
+                        log.info("event=rejections_resubscribe_failed error=%r", e)
+                        reconnected.set()
+                        await asyncio.sleep(0.1)
                 await asyncio.sleep(0.05)
-            await sub.unsubscribe()
+            if sub is not None:
+                await sub.unsubscribe()
         finally:
             await nc.close()
+
+    async def _follow(self, js: Any) -> Any:
+        """An ordered consumer from just after the last rejection read (its late messages, once
+        another replaced it, are ignored)."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        self._generation += 1
+        generation = self._generation
+        after = self._last
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+            opt_start_seq=after + 1 if after else None,
+        )
+
+        async def on(msg: Any) -> None:
+            if generation == self._generation and msg.metadata.sequence.stream > self._last:
+                await self._on(msg)
+
+        return await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=on)
 
     async def _on(self, msg: Any) -> None:
         seq = msg.metadata.sequence.stream
@@ -118,6 +160,7 @@ class RejectionsReader:
         else:
             self.view.stage("rejections", (seq, None, "unreadable", msg.subject, None, "not a rejection record", recorded_at))
         self.view.insert_tracking(Tracking(REJECTED_TRACKING, seq))
+        self._last = seq
 
     def stop(self) -> None:
         self._stop.set()
