@@ -123,6 +123,11 @@ class CoveragePublisher:
         self._active.set()
         self._wake.set()
 
+    def deactivate(self) -> None:
+        """Stop publishing after the batch under way (this process is no longer the writer);
+        the outbox keeps growing, for a later ``activate()``."""
+        self._active.clear()
+
     def notify(self) -> None:
         self._wake.set()
 
@@ -132,7 +137,7 @@ class CoveragePublisher:
             self._wake.clear()
             if self._active.is_set():
                 try:
-                    while self._publish_some():
+                    while self._active.is_set() and self._publish_some():
                         pass
                 except Exception as e:  # noqa: BLE001 - retried; the outbox keeps every change
                     self.error = e
@@ -149,9 +154,10 @@ class CoveragePublisher:
         )
         if not rows:
             return False
-        if self._resume is None:
-            self._resume = self.client.run(self._resume_point(), timeout=60)
-        self.client.run(self._publish(rows, self._resume), timeout=60)
+        resume = self._resume
+        if resume is None:
+            resume = self._resume = self.client.run(self._resume_point(), timeout=60)
+        self.client.run(self._publish(rows, resume), timeout=60)
         with self.db.transaction():
             self.db.executemany("DELETE FROM outbox WHERE ledger_seq = ? AND person_key = ?", [(r[0], r[1]) for r in rows])
         self.published += len(rows)
