@@ -280,10 +280,9 @@ class IngestService:
     async def _step_down(self, why: str) -> None:
         log.warning("event=stepped_down reason=%r", why)
         self.stats.stepped_down += 1
-        if self.ingestor is not None:
-            self.ingestor.journal = Journal()
-        if self.ledger is not None:
-            self.ledger.forget_cache()
+        # The journal keeps its fence: a batch still in flight can only be recorded if no other
+        # writer has claimed the subject yet (and then the successor's claim comes after it).
+        # The cache is forgotten when this service writes again (``_take_over``).
         await self._stand_by()
 
     async def _on_broker_stop(self) -> None:
