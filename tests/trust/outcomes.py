@@ -115,7 +115,9 @@ class SeqOutcomes:
     def kind(self) -> str | None:
         """The single decision's kind, else what the content suggests, else None."""
         if len(self.decided) == 1:
-            return self.decided[0][0]
+            kind = self.decided[0][0]
+            # A msg_id conflict may be decided as a rejection whose reason says so.
+            return "conflict" if kind == "rejected" and self.rejections == ["msg_id_conflict"] else kind
         if self.by_content == 1:
             if self.rejections:
                 return "conflict" if self.rejections[0] == "msg_id_conflict" else "rejected"

@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from tests.integration.ingest_support import season
 from tests.projections.support import dump
 from tests.trust.cluster import (
     ROOT,
-    SECRET,
     LedgerServe,
     acked_up_to,
     ingest_state,
@@ -38,7 +36,10 @@ from tests.trust.cluster import (
     last_event_seq,
     outcome_figures,
     publish_reliably,
+    replay_command as _replay_command,
     report,
+    run_replay as _replay,
+    serve_env as _env,
     stream_messages,
     views_caught_up,
     views_state,
@@ -70,33 +71,57 @@ def test_sigkill_of_server_and_service_at_random_moments_of_ingestion_and_replay
         wait_until(lambda: ingest_state([server.url]) is not None, 60, "the service to be ready", alive=serve)
 
         # Ingestion in three stages. An upstream system publishes each (resending until
-        # acknowledged) while the ledger applies; during the first two, once a random share of
-        # the stage is applied, one of the two is killed and started again. A stage is published
-        # only once the one before is applied (recovered), so a kill never comes after its end.
+        # acknowledged) while the ledger applies; during the first two, one of the two is killed
+        # and started again. A stage with a kill is published in two parts: the rest is held back
+        # until after the kill, so the kill always comes before the stage's end. Once a random
+        # share of the first part is applied, the service is frozen (SIGSTOP): the share applied
+        # is sampled while nothing moves, and more of the stage is published while it is frozen,
+        # so messages are waiting, delivered or in flight when the victim dies. Then the victim is
+        # SIGKILLed (the frozen service itself, or the nats-server under it, restarted at once
+        # while the service is still frozen), the service thawed or started again, and the rest
+        # of the stage published. A stage is published only once the one before is applied.
         stages = [messages[: len(messages) * 2 // 5], messages[len(messages) * 2 // 5 : len(messages) * 4 // 5],
                   messages[len(messages) * 4 // 5 :]]  # fmt: skip
         acked: set[str] = set()
         kills: list[dict[str, Any]] = []
         victims = rng.sample(["nats-server", "ledger-serve"], 2)
         begin = 0
+
+        def publish(part: list[tuple[str, dict[str, Any]]]) -> threading.Thread:
+            thread = threading.Thread(target=lambda: acked.update(asyncio.run(publish_reliably([server.url], part))))
+            thread.start()
+            return thread
+
         for stage, victim in zip(stages, [*victims, None], strict=True):
             end = begin + len(stage)
-            publisher = threading.Thread(target=lambda st=stage: acked.update(asyncio.run(publish_reliably([server.url], st))))
-            publisher.start()
-            if victim is not None:
-                threshold = begin + int(len(stage) * rng.uniform(0.1, 0.6))
+            if victim is None:
+                publishers = [publish(stage)]
+            else:
+                first_part = int(len(stage) * rng.uniform(0.3, 0.6))
+                while_frozen = len(stage) // 10
+                threshold = begin + max(1, int(first_part * rng.uniform(0.2, 0.8)))
+                publishers = [publish(stage[:first_part])]
                 wait_until(lambda t=threshold: acked_up_to([server.url]) >= t, 90, f"{threshold} messages applied", alive=serve)
                 time.sleep(rng.uniform(0.0, 0.1))
-                kills.append({"victim": victim, "applied_at_kill": acked_up_to([server.url]), "stage": [begin, end]})
+                serve.freeze()
+                applied = _settled_ack_floor(server.url)
+                publishers[0].join(60)
+                held_back = asyncio.run(publish_reliably([server.url], stage[first_part : first_part + while_frozen]))
+                acked.update(held_back)
+                kills.append({"victim": victim, "applied_at_kill": applied, "published_at_kill": begin + first_part + while_frozen,
+                              "stage": [begin, end]})  # fmt: skip
                 if victim == "nats-server":
                     server.kill()
                     time.sleep(rng.uniform(0.0, 1.0))
                     server.start()  # same port, same store
+                    serve.thaw()
                 else:
-                    serve.kill()
+                    serve.kill()  # frozen: SIGKILL still ends it
                     serve.start()  # same data directory: its views resume from their tracking position
-            publisher.join(120)
-            assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
+                publishers.append(publish(stage[first_part + while_frozen :]))
+            for publisher in publishers:
+                publisher.join(120)
+                assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
             wait_until(lambda e=end: acked_up_to([server.url]) >= e, 120, f"the {end} messages published to be applied", alive=serve)
             begin = end
         marks["killed"] = time.monotonic() - started
@@ -136,7 +161,9 @@ def test_sigkill_of_server_and_service_at_random_moments_of_ingestion_and_replay
             serve.kill()  # a graceful stop is not what this test is about (see test_cluster)
         server.stop()
 
-    assert all(k["stage"][0] < k["applied_at_kill"] < k["stage"][1] for k in kills), f"each kill in the middle of ingestion: {kills}"
+    assert all(k["stage"][0] < k["applied_at_kill"] < k["published_at_kill"] < k["stage"][1] for k in kills), (
+        f"each kill in the middle of ingestion, with messages published and not yet applied: {kills}"
+    )
     assert upstream == figures["ingested"] == len(messages)
     assert figures["lost"] == 0, f"acknowledged messages without an outcome: {figures['lost_examples']}"
     assert figures["doubled"] == 0, f"messages with two outcomes: {figures['doubled_examples']}"
@@ -157,23 +184,16 @@ def test_sigkill_of_server_and_service_at_random_moments_of_ingestion_and_replay
         assert replay["resumed_equals_fresh"], f"the resumed replay differs from a fresh one: {replay}"
 
 
-def _replay_command(url: str, tmp_path: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "ledger.cli", "replay", "--views", f"sqlite:///{tmp_path / (name + '.sqlite')}",
-            "--nats-url", url, "--data-dir", str(tmp_path / "data")]  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
-
-
-def _replay(url: str, tmp_path: Path, name: str) -> tuple[Path, float]:
-    """``ledger replay`` into ``name.sqlite`` to the end; the database and the seconds it took
-    once the database existed."""
-    db = tmp_path / f"{name}.sqlite"
-    started = time.monotonic()
-    done = subprocess.run(_replay_command(url, tmp_path, name), cwd=ROOT, env=_env(), capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stdout.decode(errors="replace")[-2000:] + done.stderr.decode(errors="replace")[-2000:]
-    return db, time.monotonic() - started
+def _settled_ack_floor(url: str, settle: float = 0.3) -> int:
+    """The ingestion consumer's ack floor once it stops moving (the service is frozen, but acks it
+    wrote just before may still be on their way to the server)."""
+    last = acked_up_to([url])
+    while True:
+        time.sleep(settle)
+        now = acked_up_to([url])
+        if now == last:
+            return now
+        last = now
 
 
 def _interrupted_replay(
