@@ -141,6 +141,7 @@ class IngestService:
         self.lease: WriterLease | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._standing_by = False
+        self._consumer_missing = 0
         self._stepping_down: asyncio.Task[None] | None = None
         self._deciding = asyncio.Lock()
         """Held while a pull or an operator's retry is decided: one at a time."""
@@ -186,26 +187,26 @@ class IngestService:
             self._keeper = asyncio.create_task(self._keep_lease(), name="ledger-writer-lease")
 
     async def _keep_lease(self) -> None:
-        """Hold the lease while writing, try to take it while standing by; give it up when the
-        consumer is stopped (the service stops)."""
+        """Hold the lease while writing, try to take it while standing by, until ``close``."""
         assert self.lease is not None
         lease = self.lease
         try:
             while not self._closed:
-                if not self._standing_by and not self.subscriber.running and self.role != "starting":
-                    break  # the broker stopped the consumer: the service is stopping
                 try:
-                    if lease.held:
+                    if lease.held and self.role == "writer":
                         if not await lease.renew():
                             await self._step_down("the writer lease expired or was taken")
                         else:
                             await self._check_consumer()
-                        await asyncio.sleep(self.settings.lease_ttl / 5)
+                        await asyncio.sleep(lease.renew_every)
                         continue
-                    if await lease.acquire():
+                    if lease.held:
+                        # Held but not writing (a take-over that failed half way): let it go.
+                        await lease.release()
+                    elif await lease.acquire():
                         await self._take_over()
                         continue
-                    if self.role != "standby":
+                    elif self.role != "standby":
                         await self._stand_by()
                 except WriterFencedError as e:
                     await self._step_down(str(e))
@@ -221,24 +222,33 @@ class IngestService:
 
     async def _take_over(self) -> None:
         """Become the writer: claim the fence, read the position and the parked messages back,
-        forget every cached aggregate (another writer may have changed them)."""
+        forget every cached aggregate (another writer may have changed them). Nothing is decided
+        meanwhile (an operator's retry waits). If any of it fails, the lease is let go."""
         assert self.lease is not None and self.lease.epoch is not None and self.ledger is not None
+        assert self.ingestor is not None
         datastore = self.ledger.recorder.datastore  # type: ignore[attr-defined]
         stream = datastore.stream
         fence = Fence(datastore.tracking_subject(UPSTREAM_STREAM), self.lease.epoch)
         body = msgspec.json.encode({"claim": fence.epoch, "writer": self.lease.holder})
-        position = await asyncio.to_thread(datastore.claim, stream, fence, body)
-        parked = await asyncio.to_thread(datastore.read_filtered, stream, f"{datastore.prefix}.park.>")
-        self.ledger.forget_cache()
-        assert self.ingestor is not None
-        self.ingestor.journal = Journal(
-            fence=fence,
-            position=position,
-            max_payload=self.broker.config.connection_state.connection.max_payload,
-            writer=self.lease.holder,
-            read_position=lambda: datastore.position(stream, fence.subject),
-            parked=[decode_parked(m.data) for m in parked],
-        )
+        try:
+            async with self._deciding:
+                # Streams written before this layout have no tracking record: what the consumer
+                # acknowledged then had its outcome, so the first claim starts from there.
+                first = await self._acknowledged()
+                position = await asyncio.to_thread(datastore.claim, stream, fence, body, first)
+                records = await asyncio.to_thread(datastore.read_filtered, stream, f"{datastore.prefix}.park.>")
+                self.ledger.forget_cache()
+                self.ingestor.journal = Journal(
+                    fence=fence,
+                    position=position,
+                    max_payload=self.broker.config.connection_state.connection.max_payload,
+                    writer=self.lease.holder,
+                    read_position=lambda: datastore.position(stream, fence.subject),
+                    parked=_parked_records(records),
+                )
+        except BaseException:
+            await self.lease.release()
+            raise
         self._done = position
         self._set_role("writer")
         self.stats.takeovers += 1
@@ -250,15 +260,32 @@ class IngestService:
             self._standing_by = False
             await self.subscriber.start()
 
+    async def _acknowledged(self) -> int:
+        """The durable consumer's ack floor (0 if it does not exist yet)."""
+        js = self.broker.config.connection_state.stream
+        try:
+            info = await js.consumer_info(UPSTREAM_STREAM, self.settings.durable)
+        except NotFoundError:
+            return 0
+        return int(info.ack_floor.stream_seq) if info.ack_floor else 0
+
     async def _check_consumer(self) -> None:
         """Recreate the durable consumer if someone deleted it (its pull loop cannot recover by
-        itself). Nothing is decided twice: the position, not the consumer, says what is done."""
+        itself), and restart the pull loop if it is not running. Nothing is decided twice: the
+        position, not the consumer, says what is done. "Not found" must be said twice in a row
+        (a consumer whose stream is electing a leader can look missing for a moment)."""
         js = self.broker.config.connection_state.stream
         try:
             await js.consumer_info(UPSTREAM_STREAM, self.settings.durable)
+            self._consumer_missing = 0
         except NotFoundError:
+            self._consumer_missing += 1
+            if self._consumer_missing < 2:
+                return
             log.warning("event=consumer_missing consumer=%s: recreating it", self.settings.durable)
+            self._consumer_missing = 0
             await self._stop_consumer()
+        if not self.subscriber.running and not self._closed:
             await self.subscriber.start()
 
     async def _stand_by(self) -> None:
@@ -280,6 +307,11 @@ class IngestService:
     async def _step_down(self, why: str) -> None:
         log.warning("event=stepped_down reason=%r", why)
         self.stats.stepped_down += 1
+        if self.lease is not None and self.lease.held:
+            try:
+                await self.lease.release()  # fenced while holding it: let another writer (or this one) claim anew
+            except Exception as e:  # noqa: BLE001 - it expires by itself
+                log.info("event=lease_not_released error=%r (it expires by itself)", e)
         # The journal keeps its fence: a batch still in flight can only be recorded if no other
         # writer has claimed the subject yet (and then the successor's claim comes after it).
         # The cache is forgotten when this service writes again (``_take_over``).
@@ -457,6 +489,18 @@ class IngestService:
             ready.append(raw)
             expect = max(expect, seq + 1)
         return ready, []
+
+
+def _parked_records(records: list[Any]) -> list[Any]:
+    """The parking records that decode (one that does not is reported and skipped: it cannot
+    have been written by the ledger)."""
+    parked = []
+    for record in records:
+        try:
+            parked.append(decode_parked(record.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("event=parking_record_unreadable seq=%d error=%r", record.seq, e)
+    return parked
 
 
 async def _bodies_as_sent(message: Any) -> Any:

@@ -136,6 +136,9 @@ class Journal:
         self.writer = writer
         self._read_position = read_position
         self._pending: list[tuple[Delivery, Verdict, list[str]]] = []
+        self._pending_bytes = 0
+        self.stale = False
+        """The position could not be read back after a failed save: read it before deciding."""
         self._taken: tuple[int, list[tuple[Delivery, Verdict, list[str]]]] | None = None
         self.parked: dict[int, ParkedMessage] = {}
         self.held: dict[str, int] = {}
@@ -146,18 +149,23 @@ class Journal:
 
     def decide(self, delivery: Delivery, verdict: Verdict, holds: list[str] | None = None) -> None:
         self._pending.append((delivery, verdict, holds or []))
+        if verdict.kind == "rejected":
+            self._pending_bytes += len(delivery.data) * 4 // 3
 
     @property
-    def pending_messages(self) -> int:
-        """At most how many messages the pending decisions add to a save."""
-        return 2 * len(self._pending) + 1
+    def pending_load(self) -> int:
+        """How many messages the pending decisions add to a save (at most), or more than a save
+        may hold once the rejections' bytes pass ``MAX_PENDING_BYTES``."""
+        load = 2 * len(self._pending) + 1
+        return load + MAX_ATOMIC_MESSAGES if self._pending_bytes > MAX_PENDING_BYTES else load
 
     def take(self) -> Decisions | None:
         """The pending decisions as one ``Decisions`` (None when there are none or no fence)."""
-        self.settled()
+        self._taken = None  # a take never settled was not saved (the save failed): not ours to keep
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
+        self._pending_bytes = 0
         position = max([self.position] + [d.stream_seq for d, _v, _h in pending])
         self._taken = (position, pending)
         if self.fence is None:
@@ -171,7 +179,7 @@ class Journal:
         return Decisions(fence=self.fence, position=position, body=body, messages=messages)
 
     def settled(self) -> None:
-        """The last taken decisions were saved: advance the position, update what is parked."""
+        """The decisions taken last were saved: advance the position, update what is parked."""
         if self._taken is None:
             return
         position, taken = self._taken
@@ -184,11 +192,15 @@ class Journal:
                 self._release(delivery.stream_seq)
 
     def resync(self) -> None:
-        """After a failed save: forget what was not recorded, read the position back."""
+        """After a failed save: forget what was not recorded, read the position back. Until
+        that read succeeds the position is ``stale`` and nothing may be decided."""
         self._pending.clear()
+        self._pending_bytes = 0
         self._taken = None
         if self._read_position is not None:
+            self.stale = True
             self.position = self._read_position()
+            self.stale = False
 
     # ---- parking ------------------------------------------------------------------------------
 
@@ -260,6 +272,9 @@ class Journal:
 
 HEADER_ROOM = 1024
 """Bytes of a NATS message kept for a rejection's headers (the rest may hold its JSON)."""
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+"""A save is made once its rejections' bytes pass this (an atomic batch is one raft entry)."""
+MAX_ATOMIC_MESSAGES = 1000
 
 
 @dataclass
@@ -277,14 +292,18 @@ class Ingestor:
         ``retrying``: an operator's retry of parked messages (decided although at or below the
         position, and not held behind themselves).
         """
+        if self.journal.stale:
+            try:
+                self.journal.resync()
+            except TRANSIENT as e:
+                return [Verdict("retry", detail=repr(e)[:500])] * len(batch)
         decoded = [self._decode(d) for d in batch]
         verdicts: list[Verdict] = []
         try:
-            with self.ledger.batch(_id_numbers(decoded), record=self.journal.take):
+            with self.ledger.batch(_id_numbers(decoded), record=self.journal):
                 for delivery, message in zip(batch, decoded, strict=True):
                     verdicts.append(self._decide(delivery, message, retrying))
-                    self.ledger.flush_if_full(extra_messages=self.journal.pending_messages)
-            self.journal.settled()
+                    self.ledger.flush_if_full(extra_messages=self.journal.pending_load)
             return verdicts
         except WriterFencedError:
             self.journal.resync()
@@ -301,6 +320,8 @@ class Ingestor:
 
     def _decide(self, delivery: Delivery, message: Upstream | Verdict, retrying: bool) -> Verdict:
         """Decide one message inside the current unit of work and note the decision."""
+        if self.journal.stale:
+            raise OperationalError("the ingestion's position is not known: it is read back first")
         if not retrying and delivery.stream_seq and delivery.stream_seq <= self.journal.position:
             return DECIDED
         holds = self._holds(message) if isinstance(message, Upstream) else []
@@ -325,9 +346,8 @@ class Ingestor:
             failure: BaseException | None = None
             for attempt in range(self.tries):
                 try:
-                    with self.ledger.batch(_id_numbers([message]), record=self.journal.take):
+                    with self.ledger.batch(_id_numbers([message]), record=self.journal):
                         verdict = self._decide(delivery, message, retrying)
-                    self.journal.settled()
                     verdicts.append(verdict)
                     failure = None
                     break
@@ -339,8 +359,9 @@ class Ingestor:
                     self.ledger.forget_cache()
                     try:
                         self.journal.resync()
-                    except TRANSIENT:
-                        pass
+                    except TRANSIENT as unreachable:
+                        failure = unreachable
+                        break
                     if isinstance(e, TRANSIENT):
                         break
                     log.warning("%s failed (try %d of %d): %r", _describe(delivery), attempt + 1, self.tries, e)
@@ -360,9 +381,12 @@ class Ingestor:
         verdict = Verdict("parked", msg_id, reason=UNPROCESSABLE, detail=repr(failure)[:500])
         holds = self._holds(message) if isinstance(message, Upstream) else []
         log.error("parking %s after %d tries: %r", _describe(delivery), self.tries, failure)
-        with self.ledger.batch((), record=self.journal.take):
-            self.journal.decide(delivery, verdict, holds)
-        self.journal.settled()
+        try:
+            with self.ledger.batch((), record=self.journal):
+                self.journal.decide(delivery, verdict, holds)
+        except Exception:
+            self.journal.stale = True  # read the position back before deciding anything else
+            raise
         return verdict
 
     def _decode(self, delivery: Delivery) -> Upstream | Verdict:

@@ -58,15 +58,28 @@ class WriterLease:
     def held(self) -> bool:
         return self.epoch is not None
 
+    @property
+    def renew_every(self) -> float:
+        """Seconds between renewals: a fifth of the TTL, so that a few lost renewals do not
+        lose the lease."""
+        return self.ttl / 5
+
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
             try:
-                self._kv = await self.js.key_value(BUCKET)
+                kv = await self.js.key_value(BUCKET)
             except BucketNotFoundError:
-                self._kv = await self.js.create_key_value(
+                kv = await self.js.create_key_value(
                     bucket=BUCKET, ttl=self.ttl, history=1, replicas=self.replicas,
                     description="which ledger serve ingests (the writer lease)",
                 )  # fmt: skip
+            # The bucket's TTL is the lease's, whatever this process was configured with: every
+            # contender must renew in time for the same expiry.
+            status = await kv.status()
+            if status.ttl and abs(status.ttl - self.ttl) > 0.001:
+                log.warning("event=lease_ttl configured=%g bucket=%g: using the bucket's", self.ttl, status.ttl)
+                self.ttl = status.ttl
+            self._kv = kv
         return self._kv
 
     async def acquire(self) -> bool:
@@ -77,14 +90,16 @@ class WriterLease:
         except KeyWrongLastSequenceError:
             return False
         # The value names the holder and its epoch (the revision it was created at).
-        self.epoch = revision
         try:
             self._revision = await kv.update(
                 self.key, msgspec.json.encode(_Holder(self.holder, revision)), last=revision
             )
         except KeyWrongLastSequenceError:
-            self.epoch = self._revision = None
             return False
+        except BaseException:
+            await self._let_go(revision)
+            raise
+        self.epoch = revision
         log.info("event=lease_acquired key=%s epoch=%d holder=%s", self.key, revision, self.holder)
         return True
 
@@ -99,9 +114,34 @@ class WriterLease:
             )
             return True
         except KeyWrongLastSequenceError:
+            if await self._still_ours():
+                return True  # the renewal before went through though its answer was lost
             log.warning("event=lease_lost key=%s epoch=%d holder=%s", self.key, self.epoch, self.holder)
             self.epoch = self._revision = None
             return False
+
+    async def _still_ours(self) -> bool:
+        """Whether the key still names this holder and epoch (adopting its revision if so)."""
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(self.key)
+        except KeyNotFoundError:
+            return False
+        if not entry.value:
+            return False
+        value = msgspec.json.decode(entry.value, type=_Holder)
+        if (value.holder, value.epoch) != (self.holder, self.epoch):
+            return False
+        self._revision = entry.revision
+        return True
+
+    async def _let_go(self, revision: int) -> None:
+        """Delete the key created at ``revision`` if it is still that one (a half-taken lease)."""
+        try:
+            kv = await self._bucket()
+            await kv.delete(self.key, last=revision)
+        except Exception as e:  # noqa: BLE001 - then it expires by itself
+            log.info("event=lease_not_released error=%r (it expires by itself)", e)
 
     async def release(self) -> None:
         """Give the lease up at once (a graceful stop): a standby need not wait for the TTL."""

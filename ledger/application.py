@@ -11,12 +11,12 @@ The store is whatever ``PERSISTENCE_MODULE`` selects: the library's in-memory st
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -49,6 +49,16 @@ class Actor:
     digest: str | None = None
     """A digest of the message's content, to tell a harmless repeat of its ``msg_id`` from a
     conflicting one."""
+
+
+class DecisionRecord(Protocol):
+    """What a batch records beside its events at each save (the ingestion's journal)."""
+
+    def take(self) -> Any:
+        """What to record with this save (None: nothing)."""
+
+    def settled(self) -> None:
+        """The save that took it went through."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +468,7 @@ class Ledger(Application[UUID]):
     # ---- batches ------------------------------------------------------------------------------
 
     @contextmanager
-    def batch(self, expected_ids: Iterable[str] = (), record: Callable[[], Any] | None = None) -> Iterator[None]:
+    def batch(self, expected_ids: Iterable[str] = (), record: DecisionRecord | None = None) -> Iterator[None]:
         """Apply many facts, then save them together (one atomic append per ``FLUSH_EVENTS``).
 
         Each fact sees what earlier facts of the batch did. A refused fact changes nothing (its
@@ -466,8 +476,9 @@ class Ledger(Application[UUID]):
         (cached aggregates it touched are dropped) and the exception propagates: the caller
         applies the facts again one by one, and those already saved come back as duplicates.
         ``expected_ids`` (ID numbers the facts concern) are looked up together first.
-        ``record``, called at each save, gives what the store records atomically with the events
-        (the ingestion's decisions and position: ``decisions`` for ``insert_events``).
+        ``record`` gives, at each save, what the store records atomically with the events (the
+        ingestion's decisions and position: ``decisions`` for ``insert_events``), and hears when
+        that save went through.
         """
         if self._unit is not None:
             raise RuntimeError("batches do not nest")
@@ -490,11 +501,14 @@ class Ledger(Application[UUID]):
             self._flush(unit)
 
     def _flush(self, unit: _Unit) -> None:
-        decisions = unit.record() if unit.record is not None else None
+        record = unit.record
+        decisions = record.take() if record is not None else None
         if decisions is not None:
             self.save(*unit.aggregates.values(), decisions=decisions)
         elif unit.aggregates:
             self.save(*unit.aggregates.values())
+        if record is not None:
+            record.settled()
         unit.saved()
 
     def forget_cache(self) -> None:
@@ -565,7 +579,7 @@ PRELOAD_THREADS = 16
 class _Unit:
     """The aggregates a batch has loaded or changed, and the ids known not to exist yet."""
 
-    def __init__(self, record: Callable[[], Any] | None = None) -> None:
+    def __init__(self, record: DecisionRecord | None = None) -> None:
         self.record = record
         self.aggregates: dict[UUID, Any] = {}
         self.absent: set[UUID] = set()

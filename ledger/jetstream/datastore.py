@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 import hashlib
@@ -94,8 +95,14 @@ _CACHE_LIMIT = 200_000
 
 
 class WriterFencedError(IntegrityError):
-    """Raised when another writer has claimed the stream since this one did: this writer must
-    stop writing (its lease is gone). Nothing of the refused append was recorded."""
+    """Raised when another writer has claimed the tracking subject since this one did: this
+    writer must stop writing (its lease is gone). The refused append was not recorded by this
+    attempt (an earlier attempt whose acknowledgement was lost may have been)."""
+
+
+class PositionMovedError(IntegrityError):
+    """Raised when the tracking subject moved to a record of this writer's that it did not know
+    had been committed (its acknowledgement was lost): the caller re-reads the position."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +304,7 @@ class JetStreamDatastore:
         application followed, so two followers of one upstream never share a subject."""
         self._last: dict[str, _Last] = {}
         self._last_lock = threading.Lock()
+        self._own_nonces: dict[str, deque[str]] = {}
 
     # ---- streams ------------------------------------------------------------------------------
 
@@ -489,6 +497,8 @@ class JetStreamDatastore:
             attempts += 1
             if attempts > _MAX_ATTEMPTS:
                 raise OperationalError(f"append gave up after {_MAX_ATTEMPTS} attempts on changing subjects")
+            if plan.nonce is not None and plan.fence is not None:
+                self._sent(plan.fence.subject, plan.nonce)
             try:
                 seqs = self.client.append(self._messages(plan), plan.subjects)
             except AppendRejectedError as e:
@@ -539,16 +549,17 @@ class JetStreamDatastore:
                 )  # fmt: skip
             return seqs[: len(plan.events)]
 
-    def claim(self, stream: str, fence: Fence, body: bytes = b"") -> int:
+    def claim(self, stream: str, fence: Fence, body: bytes = b"", initial_position: int = 0) -> int:
         """Claim ``fence.subject`` for the writer of ``fence.epoch``: append a record of the claim
         there, expecting the subject's last message, so that any append of an earlier writer
         (which expects its own last record) is refused from now on. Returns the position (the
-        tracking id) the subject was at. Call it only while holding the writer lease of
-        ``fence.epoch``: the lease decides who may claim, the claim makes it stick.
+        tracking id) the subject was at (``initial_position`` when it has no record yet). Call it
+        only while holding the writer lease of ``fence.epoch``: the lease decides who may claim,
+        the claim makes it stick.
         """
         for _attempt in range(_MAX_ATTEMPTS * 4):
             last_message = self.last_message(stream, fence.subject)
-            last = _Last.of(last_message) if last_message is not None else _Last(0, 0)
+            last = _Last.of(last_message) if last_message is not None else _Last(initial_position, 0)
             nonce = os.urandom(12).hex()
             headers = {
                 TRACKING_ID: str(last.position),
@@ -557,6 +568,7 @@ class JetStreamDatastore:
                 MSG_ID: f"{fence.subject}:{nonce}",
                 EXPECTED_LAST_SUBJECT_SEQUENCE: str(last.seq),
             }
+            self._sent(fence.subject, nonce)
             try:
                 seqs = self.client.append([OutgoingMessage(fence.subject, body, headers)], frozenset({fence.subject}))
             except AppendRejectedError as e:
@@ -571,20 +583,33 @@ class JetStreamDatastore:
         raise OperationalError(f"could not claim {fence.subject}")
 
     def _check_fence(self, stream: str, plan: _Plan) -> list[int] | None:
-        """After a refused or unanswered fenced append: its events' sequences if it was in fact
-        committed (its nonce is the fence subject's last); ``WriterFencedError`` if another
-        writer claimed the subject; None if it is still this writer's to try again."""
+        """After a refused or unanswered fenced append, by what the fence subject's last record
+        is: this append (it was committed: its events' sequences), the record this writer last
+        knew of (untouched: None, try again), another record of this writer's own (an earlier
+        append whose outcome was unknown was committed after all: ``PositionMovedError``, re-read
+        the position), or anybody else's (``WriterFencedError``: another writer claimed it)."""
         assert plan.fence is not None
-        last = self._refresh(stream, plan.fence.subject)
+        subject = plan.fence.subject
+        last = self._refresh(stream, subject)
         if last.nonce is not None and last.nonce == plan.nonce:
             first = last.seq - len(plan.drafts) + 1
             return list(range(first, first + len(plan.events)))
-        if last.epoch != plan.fence.epoch:
-            raise WriterFencedError(
-                f"{plan.fence.subject} belongs to writer epoch {last.epoch}, not this writer's {plan.fence.epoch}: "
-                "another writer took over"
+        if last.nonce is not None and last.nonce == plan.expected_nonce:
+            return None
+        if last.nonce is not None and last.nonce in self._own_nonces.get(subject, ()):
+            raise PositionMovedError(
+                f"{subject} moved to an earlier record of this writer (position {last.position}): re-read the position"
             )
-        return None
+        raise WriterFencedError(
+            f"{subject} was claimed by another writer (epoch {last.epoch}; this writer's is {plan.fence.epoch}): "
+            "this writer must stop"
+        )
+
+    def _sent(self, subject: str, nonce: str) -> None:
+        """Remember a nonce this writer sent on ``subject`` (the last few hundred)."""
+        with self._last_lock:
+            sent = self._own_nonces.setdefault(subject, deque(maxlen=256))
+            sent.append(nonce)
 
     def _known_conflict(self, stream: str, plan: _Plan) -> str | None:
         for subject, first_index in plan.first_index.items():
@@ -655,6 +680,8 @@ class _Plan:
     tracking_subject: str | None
     fence: Fence | None = None
     nonce: str | None = None
+    expected_nonce: str | None = None
+    """The nonce of the fence subject's last record as this writer knew it when it planned."""
     hashes: dict[int, str] = field(default_factory=dict)
     """Each event's ``Ledger-Hash``, by index, as last sent."""
 
@@ -741,7 +768,13 @@ class _Plan:
             tracking_subject=tracking_subject,
             fence=decisions.fence if decisions is not None else None,
             nonce=decisions.nonce if decisions is not None else None,
+            expected_nonce=_known_nonce(store, decisions.fence.subject) if decisions is not None else None,
         )
+
+
+def _known_nonce(store: JetStreamDatastore, subject: str) -> str | None:
+    known = store._last.get(subject)
+    return known.nonce if known is not None else None
 
 
 def _token(text: str) -> bool:

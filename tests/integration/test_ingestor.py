@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import OperationalError
 
+from ledger.jetstream.client import OutcomeUnknownError
+
 from consumers.ingest import UNPROCESSABLE, Delivery, Ingestor, Journal, decode_parked
 from ledger.application import Actor, Ledger
 from ledger.domain.identity import PersonKeyer
@@ -218,3 +220,44 @@ def test_a_conflicting_write_by_another_process_is_retried_and_ends_correct(stor
     finally:
         ingesting.close()
         other.close()
+
+
+def test_a_save_whose_acknowledgement_was_lost_while_nats_was_away_is_never_decided_again(
+    store_env: dict[str, str],
+) -> None:
+    """Given a payment before its enrollment (rejected `no_enrollment`) and the enrollment, when
+    their save is committed but its acknowledgement is lost and NATS cannot be asked what
+    happened, then the batch is retried — and when the same deliveries come again they are
+    acknowledged as decided: the payment is not recorded after the enrollment it preceded."""
+    ledger = Ledger(store_env, keyer=PersonKeyer(SECRET.encode()))
+    try:
+        ingestor = writer(ledger)
+        datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
+        client, real_append, real_refresh = datastore.client, datastore.client.append, datastore._refresh
+        faults = {"lost_ack": 1, "unreachable": 0}
+
+        def append_losing_the_ack(messages: Any, subjects: Any) -> Any:
+            seqs = real_append(messages, subjects)
+            if faults["lost_ack"] and any("Ledger-Nonce" in m.headers for m in messages):
+                faults["lost_ack"] -= 1
+                faults["unreachable"] = 2  # and NATS does not answer the next two reads either
+                raise OutcomeUnknownError("the acknowledgement was lost")
+            return seqs
+
+        def refresh_while_unreachable(stream: str, subject: str) -> Any:
+            if faults["unreachable"]:
+                faults["unreachable"] -= 1
+                raise OperationalError("NATS is unreachable")
+            return real_refresh(stream, subject)
+
+        client.append = append_losing_the_ack
+        datastore._refresh = refresh_while_unreachable
+        deliveries = [payment("p1", ALICE, 1), enrollment("e1", ALICE, 2)]
+        assert [v.kind for v in ingestor.process(deliveries)] == ["retry", "retry"]
+        again = ingestor.process(deliveries)
+        assert [v.kind for v in again] == ["decided", "decided"]
+        alice = ledger.person(ALICE)
+        assert alice is not None and alice.enrollments[2022].paid_fen == 0
+        assert recorded_decisions(ledger) == [[1, "rejected", 0], [2, "recorded", 2]]
+    finally:
+        ledger.close()
