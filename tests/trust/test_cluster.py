@@ -144,7 +144,9 @@ def test_losing_one_node_then_another_keeps_one_outcome_per_message_and_identica
             f"{stream} differs between the nodes' files: {copies[stream]}"
         )
     ledger, upstream, rejected = (copies[s][0].messages for s in ("LEDGER", "UPSTREAM", "REJECTED"))
-    assert ledger == figures["ledger_events"] == view_counts["audit"], "one audit row per LEDGER event"
+    assert figures["ledger_events"] == view_counts["audit"], "one audit row per LEDGER event"
+    # LEDGER also holds each rejection and a tracking record per save, beside the events.
+    assert ledger > figures["ledger_events"] + rejected, "rejections and positions recorded with the events"
     assert rejected == figures["rejected_messages"] == view_counts["rejections"], "one row per REJECTED message"
     # UPSTREAM may hold a message twice if the server's deduplication missed a resend across a
     # leader change (figure upstream_messages); the ledger's own msg_id check keeps one outcome.
