@@ -68,7 +68,9 @@ pytestmark = pytest.mark.fault
 PEOPLE = 400
 """About 1,080 messages (see ``stateful_season``)."""
 DROPS = 6
-PARTITION_S = 7.0
+PAUSE_S = 10.0
+"""How long the LEDGER leader stays frozen."""
+PARTITION_S = 12.0
 """Longer than the writer lease (a few seconds)."""
 CONSUMER = "ledger-ingest"
 LEASE_BUCKET, LEASE_KEY = "ledger_writer", "ingest"
@@ -153,43 +155,43 @@ def test_connections_dropped_mid_ingestion_lose_acks_but_every_message_keeps_exa
 ) -> None:
     started = time.monotonic()
     season = stateful_season(PEOPLE, seed="faults-acks")
-    total = len(season)
+    feed = Feed([server.url], season, parts=10)
     with TcpProxy.to(server.url) as proxy:
         serve = LedgerServe(proxy.url, tmp_path / "data", tmp_path / "serve.log").start()
         serves.append(serve)
         wait_until(lambda: ingest_state([server.url]) is not None, 60, "the service to be ready", alive=serve)
         time.sleep(1.0)
         baseline = proxy.connections  # every connection the service opens, once it is up
-        publisher = _publish_in_background([server.url], season)
         drops: list[dict[str, Any]] = []
         rng = random.Random("faults-acks")
-        while len(drops) < DROPS:
-            # The first half as soon as a batch is out again (back to back: the service barely
-            # recovers, its lease may lapse), the rest only once it has made progress since.
-            last = drops[-1]["acked_at_drop"] if drops and len(drops) >= DROPS // 2 else -1
+        for n in range(DROPS + 1):
+            feed.publish(1)
+            # The first half as soon as a batch is out (back to back: the service barely
+            # recovers), the rest only once it has made progress since the last drop. Then a
+            # partition longer than the writer lease: nothing passes for PARTITION_S while a
+            # batch is out, then every connection drops; if the lease lapsed, the service takes it
+            # again (a new epoch); either way it decides nothing twice.
+            last = drops[-1]["acked_at_drop"] if drops and n >= DROPS // 2 else -1
             state = _when_in_flight([server.url], also=lambda: proxy.connections >= baseline,
                                     ready=lambda st, last=last: st["ack_floor"] > last)  # fmt: skip
             if state is None:
-                break
+                continue
             time.sleep(rng.uniform(0.0, 0.05))  # at different points of a batch
-            drops.append({"acked_at_drop": state["ack_floor"], "ack_pending": state["ack_pending"], "connections": proxy.drop()})
-        # Then a partition longer than the writer lease: nothing passes for PARTITION_S while a
-        # batch is out, then every connection drops. The lease lapses; the service must take it
-        # again (a new epoch) and still decide nothing twice.
-        state = _when_in_flight([server.url], also=lambda: proxy.connections >= baseline)
-        if state is not None:
-            proxy.pause()
-            time.sleep(PARTITION_S)
-            drops.append({"acked_at_drop": state["ack_floor"], "ack_pending": state["ack_pending"], "partition_s": PARTITION_S,
-                          "connections": proxy.drop()})  # fmt: skip
+            drop: dict[str, Any] = {"acked_at_drop": state["ack_floor"], "ack_pending": state["ack_pending"]}
+            if n == DROPS:
+                proxy.pause()
+                time.sleep(PARTITION_S)
+                drop["partition_s"] = PARTITION_S
+            drop["connections"] = proxy.drop()
             proxy.resume()
-        publisher.join(120)
-        assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
-        wait_until(lambda: ingestion_done([server.url], total), 180, "every message to be applied", alive=serve)
+            drops.append(drop)
+        feed.publish_rest()
+        wait_until(lambda: ingestion_done([server.url], feed.total), 180, "every message to be applied", alive=serve)
         outcome = _settle_and_count(server.url, season, [serve], tmp_path)
         figures = {**outcome.figures, "drops": drops, "proxy_connections_accepted": proxy.accepted,
                    "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
-    report(tmp_path, f"acks lost: every client connection of ledger serve dropped {len(drops)} times mid-batch", figures)
+    report(tmp_path, f"acks lost: every client connection of ledger serve dropped {len(drops)} times mid-batch "
+                     f"(the last after a {PARTITION_S:.0f} s partition)", figures)  # fmt: skip
     assert len(drops) >= 4, f"the connections were dropped mid-batch only {len(drops)} times: {drops}"
     outcome.check()
 
@@ -202,29 +204,26 @@ def test_the_ingestion_consumer_deleted_mid_ingestion_is_recreated_and_nothing_i
 ) -> None:
     started = time.monotonic()
     season = stateful_season(PEOPLE, seed="faults-consumer")
-    total = len(season)
+    feed = Feed([server.url], season, parts=10)
     serve = LedgerServe(server.url, tmp_path / "data", tmp_path / "serve.log").start()
     serves.append(serve)
     wait_until(lambda: ingest_state([server.url]) is not None, 60, "the service to be ready", alive=serve)
-    publisher = _publish_in_background([server.url], season)
     deletions: list[dict[str, Any]] = []
-    for share in (0.3, 0.65):
-        threshold = int(total * share)
-        wait_until(lambda t=threshold: acked_up_to([server.url]) >= t, 120, f"{threshold} messages applied", alive=serve)
-        state = _when_in_flight([server.url], timeout=10) or ingest_state([server.url]) or {}
+    for _ in range(2):
+        feed.publish(3)
+        state = _when_in_flight([server.url], timeout=30) or {}
         answer = asyncio.run(_api(server.url, f"$JS.API.CONSUMER.DELETE.UPSTREAM.{CONSUMER}"))
         recreated = wait_until(lambda: ingest_state([server.url]) is not None, 60, "the consumer to be recreated", alive=serve)
         deletions.append({"acked_at_delete": state.get("ack_floor"), "ack_pending": state.get("ack_pending"),
                           "deleted": bool(answer.get("success")), "recreated_in_s": round(recreated, 2),
                           "recreated_at_floor": acked_up_to([server.url])})  # fmt: skip
-    publisher.join(120)
-    assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
-    wait_until(lambda: ingestion_done([server.url], total), 180, "every message to be applied", alive=serve)
+    feed.publish_rest()
+    wait_until(lambda: ingestion_done([server.url], feed.total), 180, "every message to be applied", alive=serve)
     outcome = _settle_and_count(server.url, season, [serve], tmp_path)
-    report(tmp_path, "the durable consumer ledger-ingest deleted twice mid-ingestion", {
+    report(tmp_path, "the durable consumer ledger-ingest deleted twice mid-batch", {
         **outcome.figures, "deletions": deletions, "seconds": round(time.monotonic() - started, 1),
     })  # fmt: skip
-    assert all(d["deleted"] for d in deletions), deletions
+    assert all(d["deleted"] and d["ack_pending"] for d in deletions), f"each deletion with a batch out: {deletions}"
     outcome.check()
 
 
@@ -236,7 +235,7 @@ def test_a_writer_paused_past_its_lease_is_replaced_by_the_standby_and_writes_no
 ) -> None:
     started = time.monotonic()
     season = stateful_season(PEOPLE, seed="faults-writer")
-    total = len(season)
+    feed = Feed([server.url], season, parts=10)
     first = LedgerServe(server.url, tmp_path / "data-1", tmp_path / "serve-1.log").start()
     serves.append(first)
     wait_until(lambda: lease(server.url) is not None, 60, "a writer to hold the lease", alive=first)
@@ -247,26 +246,24 @@ def test_a_writer_paused_past_its_lease_is_replaced_by_the_standby_and_writes_no
     writer, standby = (second, first) if _pid_of(holder) == second.pid else (first, second)
     wait_until(lambda: _views_ready(standby), 60, "the standby to be up", alive=standby)
 
-    publisher = _publish_in_background([server.url], season)
-    threshold = int(total * 0.3)
-    wait_until(lambda: acked_up_to([server.url]) >= threshold, 120, f"{threshold} messages applied", alive=writer)
-    in_hand = _when_in_flight([server.url], timeout=10) or {}
-    writer.freeze()  # with a batch in hand if it had one: it wakes up to append it
+    feed.publish(3)
+    in_hand = _when_in_flight([server.url], timeout=30) or {}
+    writer.freeze()  # with a batch in hand: it wakes up to append it
     frozen_at = time.monotonic()
     writer_epoch = _last_epoch(server.url)
     floor_at_freeze = acked_up_to([server.url])
-    # The standby takes over: a tracking record with a later epoch is in LEDGER (its first write).
-    takeover = wait_until(lambda: _last_epoch(server.url) > writer_epoch, 60, "the standby to write", alive=standby)
+    feed.publish(4)
+    # The standby takes over: a record with a later epoch on the tracking subject (its claim).
+    takeover = wait_until(lambda: _last_epoch(server.url) > writer_epoch, 60, "the standby to take over", alive=standby)
     new_lease = lease(server.url) or {}
-    # Keep the old writer frozen well past its lease while the new one ingests, then wake it.
-    wait_until(lambda: acked_up_to([server.url]) >= min(total, floor_at_freeze + 200), 60, "progress under the new writer",
-               alive=standby)  # fmt: skip
+    # The old writer stays frozen well past its lease while the new one ingests (the batch it
+    # holds comes back to the new one after ack_wait), then wakes.
+    wait_until(lambda: acked_up_to([server.url]) >= floor_at_freeze + 300, 60, "progress under the new writer", alive=standby)
     frozen_for = time.monotonic() - frozen_at
     ledger_before_thaw = stream_messages(server.url, "LEDGER")
     writer.thaw()
-    publisher.join(120)
-    assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
-    wait_until(lambda: ingestion_done([server.url], total), 180, "every message to be applied", alive=standby)
+    feed.publish_rest()
+    wait_until(lambda: ingestion_done([server.url], feed.total), 180, "every message to be applied", alive=standby)
     time.sleep(2.0)  # whatever the woken writer was about to append has been tried by now
     serving = [s for s in (standby, writer) if s.alive]
     outcome = _settle_and_count(server.url, season, serving, tmp_path)
@@ -284,7 +281,9 @@ def test_a_writer_paused_past_its_lease_is_replaced_by_the_standby_and_writes_no
         "old_writer_alive_after_thaw": writer.alive,
         "seconds": round(time.monotonic() - started, 1),
     }
-    report(tmp_path, "two ledger serve on one server: the writer SIGSTOPped past its lease, the standby takes over, SIGCONT", figures)
+    report(tmp_path, "two ledger serve on one server: the writer SIGSTOPped past its lease with a batch in hand, the standby "
+                     "takes over, SIGCONT", figures)  # fmt: skip
+    assert in_hand.get("ack_pending"), "the writer was frozen with a batch in hand"
     assert new_lease.get("holder") != holder.get("holder"), f"the lease changed hands: {holder} → {new_lease}"
     assert not stale, f"tracking records of an older writer epoch after a newer one (the woken writer wrote): {stale}"
     outcome.check()
@@ -298,43 +297,44 @@ def test_the_ledger_stream_leader_paused_in_a_cluster_keeps_exactly_one_outcome_
 ) -> None:
     started = time.monotonic()
     season = stateful_season(PEOPLE, seed="faults-cluster")
-    total = len(season)
     with NatsCluster(tmp_path / "cluster") as cluster:
+        feed = Feed(cluster.urls, season, parts=10)
         serve = LedgerServe(cluster.url, tmp_path / "data", tmp_path / "serve.log", "--replicas", "3").start()
         serves.append(serve)
-
-        def floor() -> int:
-            return acked_up_to(cluster.urls)
-
         wait_until(lambda: ingest_state(cluster.urls) is not None, 90, "the service to be ready", alive=serve)
-        publisher = _publish_in_background(cluster.urls, season)
-        threshold = int(total * 0.3)
-        wait_until(lambda: floor() >= threshold, 120, f"{threshold} messages applied", alive=serve)
+        feed.publish(3)
+        in_flight = _when_in_flight(cluster.urls, timeout=30) or {}
         victim = cluster.leader("LEDGER")
         process = cluster.nodes[victim]._process
         assert process is not None
-        in_flight = _when_in_flight(cluster.urls, timeout=10) or {}
-        at_pause = in_flight.get("ack_floor", floor())
+        at_pause = acked_up_to(cluster.urls)
+        others = [u for i, u in enumerate(cluster.urls) if i != victim]
         os.kill(process.pid, signal.SIGSTOP)
         paused_at = time.monotonic()
         try:
-            others = [u for i, u in enumerate(cluster.urls) if i != victim]
-            # Paused, not dead: its peers elect another leader; ingestion goes on if it can.
-            progressed = _wait_quietly(lambda: acked_up_to(others) >= min(total, at_pause + 100), 10)
+            # Paused, not dead: its peers elect another leader; upstream keeps publishing (to
+            # whichever node answers) and ingestion goes on if it can.
+            publishing = threading.Thread(target=lambda: Feed(others, season, parts=10, after=feed).publish(3), daemon=True)
+            publishing.start()
+            progressed = _wait_quietly(lambda: acked_up_to(others) >= at_pause + 100, PAUSE_S)
             new_leader = _leader_among(cluster, "LEDGER", others)
+            time.sleep(max(0.0, PAUSE_S - (time.monotonic() - paused_at)))
         finally:
             os.kill(process.pid, signal.SIGCONT)
         paused_for = time.monotonic() - paused_at
-        publisher.join(120)
-        assert not publisher.is_alive(), "the upstream publisher never got every acknowledgement"
-        wait_until(lambda: ingestion_done(cluster.urls, total), 180, "every message to be applied", alive=serve)
+        publishing.join(120)
+        assert not publishing.is_alive(), "the upstream publisher never got every acknowledgement"
+        feed.skip(3)
+        feed.publish_rest()
+        wait_until(lambda: ingestion_done(cluster.urls, feed.total), 180, "every message to be applied", alive=serve)
         for stream in ("LEDGER", "UPSTREAM"):
             wait_until(lambda s=stream: cluster.converged(s), 90, f"{stream}'s replicas to converge", alive=serve)
         # Read through the node that was paused, once every replica holds the same.
         outcome = _settle_and_count(cluster.urls[victim], season, [serve], tmp_path)
-        report(tmp_path, "cluster: the LEDGER stream leader SIGSTOPped during ingestion, then SIGCONT", {
+        report(tmp_path, "cluster: the LEDGER stream leader SIGSTOPped mid-batch, then SIGCONT", {
             **outcome.figures,
-            "paused": {"node": cluster.node_name(victim), "acked_at_pause": at_pause, "ack_pending": in_flight.get("ack_pending"), "paused_s": round(paused_for, 1),
+            "paused": {"node": cluster.node_name(victim), "acked_at_pause": at_pause, "ack_pending": in_flight.get("ack_pending"),
+                       "paused_s": round(paused_for, 1),
                        "progress_while_paused_s": None if progressed is None else round(progressed, 1),
                        "new_leader": new_leader},
             "seconds": round(time.monotonic() - started, 1),
@@ -408,21 +408,28 @@ def _counts(state: dict[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in ("audit", "rejections", "coverage", "people")}
 
 
-def _publish_in_background(urls: list[str], season: StatefulSeason, parts: int = 10, pause: float = 0.3) -> threading.Thread:
-    """The upstream systems publish the season in order (resending until acknowledged), in
-    ``parts`` with a ``pause`` between them, so that ingestion lasts a few seconds and faults
-    land while messages are being decided."""
-    messages = season.publishable()
-    size = -(-len(messages) // parts)
+class Feed:
+    """The upstream systems publishing the season in order, part by part, when the test says
+    (each part resent until acknowledged): faults land while a part is being decided."""
 
-    def publish() -> None:
-        for start in range(0, len(messages), size):
-            asyncio.run(publish_reliably(list(urls), messages[start : start + size]))
-            time.sleep(pause)
+    def __init__(self, urls: list[str], season: StatefulSeason, parts: int, after: Feed | None = None) -> None:
+        self.urls = list(urls)
+        messages = season.publishable()
+        size = -(-len(messages) // parts)
+        self.parts = [messages[i : i + size] for i in range(0, len(messages), size)]
+        self.total = len(messages)
+        self.next = after.next if after is not None else 0
 
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
-    return thread
+    def publish(self, parts: int = 1) -> None:
+        for part in self.parts[self.next : self.next + parts]:
+            asyncio.run(publish_reliably(self.urls, part))
+        self.skip(parts)
+
+    def skip(self, parts: int) -> None:
+        self.next = min(len(self.parts), self.next + parts)
+
+    def publish_rest(self) -> None:
+        self.publish(len(self.parts))
 
 
 def _when_in_flight(urls: list[str], timeout: float = 30.0, also: Any = None, ready: Any = None) -> dict[str, int] | None:
