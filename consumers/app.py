@@ -335,6 +335,9 @@ class IngestService:
             request = msgspec.json.decode(msg.data or b"{}", type=RetryRequest)
             results = await self.retry_parked(request.seqs)
             reply = msgspec.json.encode({"writer": self.lease.holder if self.lease else "", "results": results})
+        except WriterFencedError as e:
+            reply = msgspec.json.encode({"error": f"this service is no longer the writer: {e}"})
+            self._stepping_down = asyncio.create_task(self._step_down(str(e)))
         except Exception as e:  # noqa: BLE001 - the operator hears of it
             reply = msgspec.json.encode({"error": repr(e)[:500]})
         if msg.reply:
@@ -377,15 +380,6 @@ class IngestService:
             self._keeper = None
         if self.lease is not None and self.lease.held:
             await self.lease.release()
-
-    async def become_writer(self, timeout: float = 30.0) -> None:
-        """Wait until this service writes (tests, ``ledger serve`` start-up logs)."""
-        self._start_keeper()
-        deadline = time.monotonic() + timeout
-        while not self.writing:
-            if time.monotonic() > deadline:
-                raise TimeoutError("did not become the writer")
-            await asyncio.sleep(0.02)
 
     # ---- handling a pull ----------------------------------------------------------------------
 
