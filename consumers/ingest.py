@@ -153,6 +153,10 @@ class Journal:
             self._pending_bytes += len(delivery.data) * 4 // 3
 
     @property
+    def fenced(self) -> bool:
+        return self.fence is not None
+
+    @property
     def pending_load(self) -> int:
         """How many messages the pending decisions add to a save (at most), or more than a save
         may hold once the rejections' bytes pass ``MAX_PENDING_BYTES``."""

@@ -60,6 +60,10 @@ class DecisionRecord(Protocol):
     def settled(self) -> None:
         """The save that took it went through."""
 
+    @property
+    def fenced(self) -> bool:
+        """Whether every save must carry what ``take`` gives (events never go alone)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -505,6 +509,9 @@ class Ledger(Application[UUID]):
         decisions = record.take() if record is not None else None
         if decisions is not None:
             self.save(*unit.aggregates.values(), decisions=decisions)
+        elif record is not None and record.fenced and unit.pending_events:
+            # Events that no decision names would be recorded outside the fence: never.
+            raise RuntimeError(f"{unit.pending_events} events to save without the decisions that caused them")
         elif unit.aggregates:
             self.save(*unit.aggregates.values())
         if record is not None:

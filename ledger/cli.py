@@ -333,7 +333,9 @@ async def serve(args: argparse.Namespace) -> int:
         )
         # Reconnect for as long as it takes (a node or the cluster down for minutes): nats-py's
         # default gives up after 60 attempts, and FastStream then spins on a closed connection.
-        broker = NatsBroker(server_urls(url), logger=None, max_reconnect_attempts=-1)
+        broker = NatsBroker(
+            server_urls(url), logger=None, max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=2
+        )
         def on_role(role: str) -> None:
             """Only the writer publishes coverage downstream and signs checkpoints; a standby
             keeps its views and answers coverage.query."""

@@ -351,6 +351,10 @@ class NatsClient:
         # every subject was a tenth of the writer's time.
         options.setdefault("skip_subject_validation", True)
         options.setdefault("reconnect_time_wait", 0.25)
+        # A server that stops answering (frozen, partitioned) is left for another within about
+        # 15 s instead of nats-py's default of minutes.
+        options.setdefault("ping_interval", 5)
+        options.setdefault("max_outstanding_pings", 2)
         options.setdefault("error_cb", quiet)
         nc = _LedgerConnection()
         connecting = nc.connect(

@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 
-from consumers.streams import decode_rejection
+from consumers.streams import decode_rejection, rejected_caught_up
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer, generate_id_number
 
@@ -103,6 +103,11 @@ async def rejections(url: str) -> list[Any]:
     nc = await nats.connect(url)
     js = nc.jetstream()
     found = []
+
+    async def request(subject: str, payload: bytes) -> bytes:
+        return (await nc.request(subject, payload, timeout=5)).data
+
+    await rejected_caught_up(request)
     sub = await js.subscribe("", stream="REJECTED", ordered_consumer=True)
     info = await js.stream_info("REJECTED")
     for _ in range(info.state.messages):
