@@ -83,7 +83,7 @@ def format_progress(runs: list[Run]) -> list[str]:
 
 def format_outcomes(e2e: Run, messages: int) -> list[str]:
     s = e2e.streams
-    events = s.get("LEDGER", -1)
+    events = s.get("LEDGER events", s.get("LEDGER", -1))
     rejected = s.get("REJECTED", -1)
     line = (
         f"Outcomes (end to end): UPSTREAM holds {s.get('UPSTREAM', -1):,} messages; {events:,} events recorded on "

@@ -60,6 +60,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(parts[11]) + int(parts[12])) / _TICKS
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not gone, not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 @dataclass
 class Run:
     """One timed run: ``messages`` published and all acknowledged by the consumer."""
@@ -180,6 +189,9 @@ async def timed_publish_and_drain(
                 raise RuntimeError(
                     f"not drained after {DRAIN_TIMEOUT:.0f} s: ack floor {info['ack_floor']['stream_seq']} of {last_seq}"
                 )
+            gone = [role for role, pid in pids.items() if role != "publisher" and not _alive(pid)]
+            if gone:
+                raise RuntimeError(f"{', '.join(gone)} exited before every message was acknowledged")
             await asyncio.sleep(POLL)
         finished = perf()
         cpu_after = {role: cpu_seconds(pid) for role, pid in pids.items()}
@@ -204,6 +216,10 @@ async def stream_counts(url: str, names: Sequence[str]) -> dict[str, int]:
         for name in names:
             info = await api(nc, f"$JS.API.STREAM.INFO.{name}")
             counts[name] = int(info["state"]["messages"]) if "error" not in info else -1
+            if name == "LEDGER" and "error" not in info:
+                # LEDGER also holds rejections and a tracking record per save: count the events.
+                events = await api(nc, f"$JS.API.STREAM.INFO.{name}", {"subjects_filter": "ledger.evt.>"})
+                counts["LEDGER events"] = sum((events["state"].get("subjects") or {}).values())
         return counts
     finally:
         await nc.close()
