@@ -1,4 +1,4 @@
-"""Fraud flags (domain.md §8; national 医保发〔2021〕32号 §六 "三假"): nine named rules.
+"""Fraud flags (the policy §8; national 医保发〔2021〕32号 §六 "三假"): nine named rules.
 
 A flag is a pointer for an auditor, not a verdict: each names its rule, the thresholds it used
 (from the policy file's ``[fraud]`` table and cash rule) and the evidence behind it, as ledger

@@ -1,7 +1,7 @@
 """The policy as code: resident insurance enrollment (城乡居民基本医疗保险), Hefei and Anhui rules.
 
 Imports only the standard library, msgspec and ``eventsourcing.domain``: no infrastructure.
-The modules follow ``shared/domain.md``:
+The modules follow the policy (``docs/policy.md``; § numbers are its rule families):
 
 - ``refusals``: the reasons a fact is refused (the contract's vocabulary);
 - ``identity``: resident ID numbers (GB 11643) and the keyed person key (§2);

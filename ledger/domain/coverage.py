@@ -1,4 +1,4 @@
-"""When coverage starts and when benefits start (domain.md §3–4).
+"""When coverage starts and when benefits start (the policy §3–4).
 
 ``decide_coverage`` turns an enrollment that has just been paid (or fully subsidised) into its
 coverage terms: coverage start and end, benefit start, waiting period (待遇享受等待期) and whether

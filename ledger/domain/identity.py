@@ -1,4 +1,4 @@
-"""Resident ID numbers (居民身份证号码, GB 11643-1999) and the keyed person key (domain.md §2).
+"""Resident ID numbers (居民身份证号码, GB 11643-1999) and the keyed person key (the policy §2).
 
 An ID number has 18 characters: a 6-digit administrative division code (GB/T 2260), the 8-digit
 birth date (YYYYMMDD), a 3-digit sequence (odd for men, even for women) and an ISO 7064
@@ -134,7 +134,7 @@ def generate_id_number(
     birth_date: date,
     sex: Sex | None = None,
 ) -> str:
-    """A synthetic, valid ID number for test data (domain.md §2: never real ones).
+    """A synthetic, valid ID number for test data (the policy §2: never real ones).
 
     The sequence is drawn from ``rng`` (001-999, odd for men, even for women); without ``sex``,
     the sex is drawn too. Raises ``InvalidIdNumber`` when the division code or birth date cannot

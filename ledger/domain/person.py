@@ -31,7 +31,7 @@ from ledger.domain.source import Source
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "urn:enrollment-ledger")
 
 OUTSIDE_PERIOD_CATEGORIES = frozenset({"newborn", "cross_scheme", "veteran", "assistance_new"})
-"""Who may enroll during the coverage year itself (domain.md §4)."""
+"""Who may enroll during the coverage year itself (the policy §4)."""
 
 AWAITING_PAYMENT = "awaiting_payment"
 ENROLLED = "enrolled"
@@ -375,7 +375,7 @@ class InsuredPerson(Aggregate):
         source: Source,
     ) -> None:
         """A roster entry (资助参保名单). Kept always; it lowers what an unpaid enrollment owes,
-        and a fully subsidised person is enrolled at once (domain.md §5)."""
+        and a fully subsidised person is enrolled at once (the policy §5)."""
         funding = policy.for_coverage_year(coverage_year)
         listed_on = effective_from or source.effective_on
         self._subsidy_listed(

@@ -1,4 +1,4 @@
-"""Policy tables as data: one TOML file per region, one row per funding year (domain.md §1, §3–5).
+"""Policy tables as data: one TOML file per region, one row per funding year (the policy §1, §3–5).
 
 A region's file holds everything the rules read that a region may set: the funding standard per
 funding year (筹资标准: individual contribution and fiscal subsidy), the assistance-fund subsidy
@@ -77,7 +77,7 @@ class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class FraudThresholds(_Table):
-    """When the audit flags a pattern (domain.md §8; national 医保发〔2021〕32号 §六 "三假").
+    """When the audit flags a pattern (the policy §8; national 医保发〔2021〕32号 §六 "三假").
 
     All [choice] defaults of this project, not figures from the sources.
     """
@@ -138,7 +138,7 @@ class RegionPolicy(_Table, kw_only=True):
     """Recorded by every decision event that used this table, e.g. ``hefei-2021.1``."""
 
     enrollment_rate_goal_percent: Percent
-    """参保率 target (domain.md §7)."""
+    """参保率 target (the policy §7)."""
 
     concentrated_start: MonthDay
     """集中参保期 start, in the funding year."""

@@ -46,13 +46,13 @@ class UnknownDistrict(Refusal):
 
 class OutsideEnrollmentPeriod(Refusal):
     """Raised when an enrollment or payment falls outside the concentrated period and the person
-    is not one of those who may enroll outside it (domain.md §4)."""
+    is not one of those who may enroll outside it (the policy §4)."""
 
     reason = "outside_enrollment_period"
 
 
 class NotEligible(Refusal):
-    """Raised when the person does not belong to the category they enroll under (domain.md §2)."""
+    """Raised when the person does not belong to the category they enroll under (the policy §2)."""
 
     reason = "not_eligible"
 

@@ -1,4 +1,4 @@
-"""Enrollment targets per district and coverage year (参保任务, domain.md §7).
+"""Enrollment targets per district and coverage year (参保任务, the policy §7).
 
 The bureau gives each district a target count; the enrollment rate is enrolled ÷ target.
 """
