@@ -126,3 +126,20 @@ async def rejected_caught_up(
         if time.monotonic() > deadline:
             raise TimeoutError(f"REJECTED holds {held} of the {recorded} rejections on {ledger_stream}")
         await asyncio.sleep(0.02)
+
+
+async def wait_for_rejected(url: str, *, timeout: float = 60.0) -> int:
+    """``rejected_caught_up`` on a connection of its own to the servers at ``url``."""
+    import nats
+
+    from ledger.jetstream.client import server_urls
+
+    nc = await nats.connect(server_urls(url))
+    try:
+
+        async def request(subject: str, payload: bytes) -> bytes:
+            return (await nc.request(subject, payload, timeout=10)).data
+
+        return await rejected_caught_up(request, timeout=timeout)
+    finally:
+        await nc.close()

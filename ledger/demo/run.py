@@ -156,7 +156,9 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
             seen = now
             time.sleep(0.3)
     ledger_end = _last_event_seq(url)
-    asyncio.run(_rejected_caught_up(url))
+    from consumers.streams import wait_for_rejected
+
+    asyncio.run(wait_for_rejected(url))
     rejected_end = _last_seq(url, "REJECTED")
     views = data_dir / "views.sqlite"
     with progress.bar("views catching up", ledger_end) as advance:
@@ -192,22 +194,6 @@ def _last_event_seq(url: str) -> int:
             await nc.close()
 
     return asyncio.run(ask())
-
-
-async def _rejected_caught_up(url: str) -> None:
-    import nats
-
-    from consumers.streams import rejected_caught_up
-
-    nc = await nats.connect(url)
-    try:
-
-        async def request(subject: str, payload: bytes) -> bytes:
-            return (await nc.request(subject, payload, timeout=10)).data
-
-        await rejected_caught_up(request, timeout=60)
-    finally:
-        await nc.close()
 
 
 def _last_seq(url: str, stream: str) -> int:

@@ -40,7 +40,7 @@ from ledger.domain.policy import DEFAULT_POLICY, load_policy
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.integration.ingest_support import ingestion_finished, wait_for
 from tests.trust.cluster import last_event_seq
-from consumers.streams import rejected_caught_up
+from consumers.streams import wait_for_rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = 300
@@ -135,7 +135,7 @@ def run_season(directory: Path, *, cipher_key_file: Path | None = None) -> Seaso
         upstream_end = _last_seq(server.url, "UPSTREAM")
         wait_for(lambda: ingestion_finished(server.url, upstream_end) or serve.poll() is not None, 60, "the ingestion")
         ledger_end = last_event_seq(server.url)  # tracking records and rejections follow the events
-        asyncio.run(_rejected_caught_up(server.url))
+        asyncio.run(wait_for_rejected(server.url))
         rejected_end = _last_seq(server.url, "REJECTED")
         wait_for(lambda: _views_at(directory, ledger_end, rejected_end) or serve.poll() is not None, 60, "the views")
         assert serve.poll() is None, (directory / "serve.log").read_text()[-3000:]
@@ -157,18 +157,6 @@ async def _publish(url: str, season: Season) -> None:
         pending.append(await js.publish_async(message.subject, body, headers={"Nats-Msg-Id": str(message.body["msg_id"])}))
     await asyncio.gather(*pending)
     await nc.close()
-
-
-async def _rejected_caught_up(url: str) -> None:
-    nc = await nats.connect(url)
-    try:
-
-        async def request(subject: str, payload: bytes) -> bytes:
-            return (await nc.request(subject, payload, timeout=10)).data
-
-        await rejected_caught_up(request, timeout=60)
-    finally:
-        await nc.close()
 
 
 def _last_seq(url: str, stream: str) -> int:
