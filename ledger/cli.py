@@ -189,6 +189,18 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(verify)
     verify.set_defaults(run=_verify)
 
+    status = commands.add_parser(
+        "status",
+        help="who writes, how far behind each part is, what is parked, the last checkpoint, the policy years",
+        description="The state of a running ledger, read from NATS (and the views of DATA_DIR when they are "
+        "there): the streams, the writer (lease holder and the ingestion's recorded position), the ingestion's "
+        "lag behind UPSTREAM, REJECTED's lag behind LEDGER, the views' position, parked messages, the last "
+        "signed checkpoint, and the policy's funding years (warning when the current one has no table).",
+    )
+    _store_options(status)
+    _format_option(status)
+    status.set_defaults(run=_status)
+
     parked = commands.add_parser(
         "parked",
         help="list messages the ingestion parked, or have the writer decide them again",
@@ -927,6 +939,152 @@ def _verify(args: argparse.Namespace) -> int:
         return 0
     print(f"NOT INTACT: {report.findings[0]}")
     return 1
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``ledger status``: see its help. Exit 0, or 1 when something needs an operator (no writer,
+    parked messages, no policy table for the current funding year)."""
+    from datetime import datetime
+
+    from consumers.ingest import Journal, decode_parked
+    from ledger.domain.source import CHINA_STANDARD_TIME
+
+    store = _Store(args)
+    try:
+        datastore = store.ledger.recorder.datastore
+        state = asyncio.run(_stream_state(store.url, datastore.tracking_subject("UPSTREAM")))
+        parked = Journal(parked=[decode_parked(m.data) for m in datastore.read_filtered(datastore.stream, f"{datastore.prefix}.park.>")]).parked
+        last_event = store.ledger.recorder.max_notification_id() or 0
+        policy = store.ledger.policy
+    finally:
+        store.close()
+    views = _views_positions(args)
+    today = datetime.now(CHINA_STANDARD_TIME).date()
+    # From September 1 the concentrated period collects the funding year of this calendar year;
+    # before it, coverage of this year is still paid under last year's.
+    funding_year = today.year if today.month >= 9 else today.year - 1
+    upstream_last = state["streams"].get("UPSTREAM", {}).get("last_seq", 0)
+    position = state["position"]
+    report = {
+        "writer": state["writer"],
+        "ingestion": {
+            "position": position,
+            "upstream_last_seq": upstream_last,
+            "behind": max(0, upstream_last - position),
+            "recorded_by": state["recorded_by"],
+        },
+        "rejected": {"on_ledger": state["rejections"], "on_rejected": state["streams"].get("REJECTED", {}).get("messages", 0)},
+        "views": {**views, "ledger_last_event": last_event, "behind": max(0, last_event - views["ledger"]) if views else None},
+        "parked": [{"upstream_seq": m.upstream_seq, "reason": m.reason, "subject": m.subject} for m in sorted(parked.values(), key=lambda m: m.upstream_seq)],
+        "last_checkpoint": state["checkpoint"],
+        "policy": {"region": policy.region, "version": policy.version, "funding_years": list(policy.years),
+                   "current_funding_year": funding_year, "current_year_has_table": funding_year in policy.years},
+        "streams": state["streams"],
+    }  # fmt: skip
+    problems = []
+    if state["writer"] is None:
+        problems.append("no ledger serve holds the writer lease: nothing is ingested")
+    if parked:
+        problems.append(f"{len(parked)} parked messages (ledger parked list)")
+    if not report["policy"]["current_year_has_table"]:
+        problems.append(f"the policy has no table for funding year {funding_year}: its enrollments are refused no_policy_for_year")
+    report["problems"] = problems
+    if args.format == "json":
+        print(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+        return 1 if problems else 0
+    writer = state["writer"]
+    rows = [{
+        "writer": f"{writer['holder']} (epoch {writer['epoch']})" if writer else "none",
+        "ingested up to UPSTREAM": f"{position:,} of {upstream_last:,} ({report['ingestion']['behind']:,} behind)",
+        "rejections": f"{state['rejections']:,} recorded, {report['rejected']['on_rejected']:,} on REJECTED",
+        "views": (f"LEDGER {views['ledger']:,} of {last_event:,}, REJECTED {views['rejected']:,}" if views else "none in this data directory"),
+        "parked": str(len(parked)),
+        "last checkpoint": (f"LEDGER {state['checkpoint']['last_seq']:,}, signed {state['checkpoint']['signed_at']}"
+                            if state["checkpoint"] else "none"),
+        "policy": f"{policy.version}: funding years {', '.join(map(str, policy.years))}",
+    }]  # fmt: skip
+    _emit(rows, args.format, title="ledger status", vertical=True)
+    for problem in problems:
+        print(f"! {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
+    import msgspec
+    import nats
+    import nats.js.errors
+
+    from consumers.lease import BUCKET
+    from ledger.jetstream.client import server_urls
+
+    nc = await nats.connect(server_urls(url))
+    try:
+
+        async def api(subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+            reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
+            return json.loads(reply.data)
+
+        streams = {}
+        for name in ("UPSTREAM", "LEDGER", "REJECTED", "COVERAGE", "LEDGER_CHECKPOINTS"):
+            info = await api(f"$JS.API.STREAM.INFO.{name}")
+            if "error" not in info:
+                streams[name] = {"messages": info["state"]["messages"], "last_seq": info["state"]["last_seq"],
+                                 "replicas": info["config"].get("num_replicas", 1)}  # fmt: skip
+        async def last(stream: str, subject: str) -> Any:
+            """The last message on ``subject`` (None: none, or the stream is missing)."""
+            try:
+                message = await nc.request(
+                    f"$JS.API.DIRECT.GET.{stream}", json.dumps({"last_by_subj": subject}).encode(), timeout=10
+                )
+            except nats.errors.NoRespondersError:
+                return None
+            return None if (message.headers or {}).get("Status") else message
+
+        writer = None
+        try:
+            entry = await (await nc.jetstream().key_value(BUCKET)).get("ingest")
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+            entry = None
+        if entry is not None and entry.value:
+            value = msgspec.json.decode(entry.value)
+            writer = {"holder": value.get("holder"), "epoch": value.get("epoch")}
+        position, recorded_by = 0, None
+        tracked = await last("LEDGER", tracking_subject)
+        if tracked is not None:
+            position = int(tracked.headers.get("Ledger-Tracking-Id", "0"))
+            recorded_by = {"epoch": tracked.headers.get("Ledger-Writer-Epoch"), "at": tracked.headers.get("Nats-Time-Stamp")}
+        rejections = 0
+        if "LEDGER" in streams:
+            info = await api("$JS.API.STREAM.INFO.LEDGER", {"subjects_filter": "ledger.rej.>"})
+            rejections = sum((info["state"].get("subjects") or {}).values())
+        checkpoint = None
+        signed = await last("LEDGER_CHECKPOINTS", "ledger.checkpoint")
+        if signed is not None:
+            body = msgspec.json.decode(signed.data).get("checkpoint", {})
+            checkpoint = {"last_seq": body.get("last_seq"), "signed_at": body.get("signed_at")}
+        return {"streams": streams, "writer": writer, "position": position, "recorded_by": recorded_by,
+                "rejections": rejections, "checkpoint": checkpoint}  # fmt: skip
+    finally:
+        await nc.close()
+
+
+def _views_positions(args: argparse.Namespace) -> dict[str, int]:
+    """The views' positions in DATA_DIR (or --views), or {} when there are none here."""
+    from projections.database import Database
+
+    url = default_views_url(args.data_dir)
+    path = args.data_dir / "views.sqlite"
+    if not path.exists():
+        return {}
+    db = Database.open(url)
+    try:
+        rows = dict(db.query("SELECT application_name, notification_id FROM tracking"))
+    finally:
+        db.close()
+    return {"ledger": int(rows.get("Ledger", 0)), "rejected": int(rows.get("REJECTED", 0))}
 
 
 # ---- parked messages -----------------------------------------------------------------------------

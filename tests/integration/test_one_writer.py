@@ -5,6 +5,7 @@ nats-servers and real processes)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,16 @@ from pathlib import Path
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.integration.ingest_support import ROOT, SECRET, ingestion_finished, publish_all, season, wait_for
 from tests.trust.cluster import LedgerServe
+
+
+def _status(url: str, data_dir: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "status", "--nats-url", url, "--data-dir", str(data_dir), "--format", "json"],
+        cwd=ROOT, env={**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
 
 
 def _log(path: Path) -> str:
@@ -70,6 +81,12 @@ def test_of_two_serves_one_writes_the_other_stands_by_and_takes_over_at_once_on_
             standbys = [s for s in serves if "event=standby" in _log(s.log_path)]
             assert len(writers) == 1 and len(standbys) == 1 and writers != standbys, [_log(s.log_path)[-800:] for s in serves]
             (writer,), (standby,) = writers, standbys
+            # `ledger status` names the writer and its position (and exits 0: nothing needs an operator
+            # but the policy table of the current funding year, which the Hefei file lacks).
+            status = _status(server.url, standby.data_dir)
+            assert status["writer"]["holder"].split(":")[1] == str(writer.pid)
+            assert status["ingestion"]["position"] == status["ingestion"]["upstream_last_seq"] == 50
+            assert status["parked"] == [] and status["views"]["ledger"] == status["views"]["ledger_last_event"]
             stopped_at = time.monotonic()
             assert writer.stop() == 0
             # 20 s < the lease's 30 s: only the graceful hand-over can make it in time.
