@@ -370,6 +370,7 @@ async def serve(args: argparse.Namespace) -> int:
         views_url = args.views or default_views_url(data_dir)
         projections = await asyncio.to_thread(start_projections, ledger, url, views_url, args.replicas, standby=True)
         log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
+        _warn_without_policy_table(ledger.policy)
         queries = CoverageQueryService(ledger, broker, projections.projection)
         await queries.start(broker.config.connection_state.connection)
         checkpoints = start_checkpoints(ledger, data_dir, args.replicas)
@@ -438,6 +439,22 @@ def _lock_data_dir(data_dir: Path) -> Any:
 
 SERVE_URL_FILE = "serve.url"
 """Written by a running ``ledger serve`` in its data directory: other commands use its server."""
+
+
+def _warn_without_policy_table(policy: Any) -> None:
+    """Say at start when the funding year being collected now has no table (its enrollments
+    are refused ``no_policy_for_year`` until an operator loads one)."""
+    from datetime import datetime
+
+    from ledger.domain.source import CHINA_STANDARD_TIME
+
+    year = policy.current_funding_year(datetime.now(CHINA_STANDARD_TIME).date())
+    if year not in policy.years:
+        log.warning(
+            "event=policy_missing funding_year=%d policy=%s years=%s: enrollments for coverage year %d are refused "
+            "no_policy_for_year until a table for it is loaded",
+            year, policy.version, ",".join(map(str, policy.years)), year + 1,
+        )  # fmt: skip
 
 
 def start_projections(ledger: Any, url: str, views_url: str, replicas: int = 1, *, standby: bool = False) -> Any:
@@ -963,9 +980,7 @@ def _status(args: argparse.Namespace) -> int:
         store.close()
     views = _views_positions(args)
     today = datetime.now(CHINA_STANDARD_TIME).date()
-    # From September 1 the concentrated period collects the funding year of this calendar year;
-    # before it, coverage of this year is still paid under last year's.
-    funding_year = today.year if today.month >= 9 else today.year - 1
+    funding_year = policy.current_funding_year(today)
     upstream_last = state["streams"].get("UPSTREAM", {}).get("last_seq", 0)
     position = state["position"]
     report = {

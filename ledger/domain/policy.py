@@ -227,6 +227,13 @@ class RegionPolicy(_Table, kw_only=True):
             f"(coverage year {year + 1}); it covers funding years {', '.join(map(str, self.years))}"
         )
 
+    def current_funding_year(self, day: date) -> int:
+        """The funding year whose money is collected on ``day``: from the concentrated period's
+        start the year of ``day``, before it the year before (its migrant extension and the
+        enrollments outside the period still pay into it)."""
+        start = _on(day.year, self.concentrated_start)  # whether or not the year has a table
+        return day.year if day >= start else day.year - 1
+
     def for_coverage_year(self, coverage_year: int) -> FundingYear:
         """The funding year that pays for ``coverage_year``: ``coverage_year - 1`` (contract)."""
         return self.funding_year(coverage_year - 1)

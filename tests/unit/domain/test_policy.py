@@ -407,3 +407,17 @@ def test_a_file_that_is_not_toml_is_refused_with_its_name(tmp_path: Path) -> Non
 def test_the_policy_tables_are_frozen() -> None:
     with pytest.raises(AttributeError):
         HEFEI.version = "hefei-2099.1"  # type: ignore[misc]
+
+
+def test_the_funding_year_collected_is_this_years_from_the_concentrated_periods_start() -> None:
+    """Given Hefei's period (September 1 – December 31), then on August 31 the money collected is
+    still last funding year's (migrants, people outside the period), and from September 1 this
+    year's."""
+    from datetime import date
+
+    from ledger.domain.policy import DEFAULT_POLICY, load_policy
+
+    policy = load_policy(DEFAULT_POLICY)
+    assert policy.current_funding_year(date(2026, 8, 31)) == 2025
+    assert policy.current_funding_year(date(2026, 9, 1)) == 2026
+    assert policy.current_funding_year(date(2026, 12, 31)) == 2026
