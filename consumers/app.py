@@ -66,8 +66,6 @@ class IngestSettings:
     """Seconds to wait for a batch to fill before handling what came."""
     ack_wait: float = 10.0
     """Seconds before an unacknowledged message (its consumer died) is delivered again."""
-    max_deliveries: int = 8
-    """Kept for configuration files; parking counts tries in the process (``ingest.TRIES``)."""
     max_backoff: float = 30.0
     lease_ttl: float = 5.0
     """Seconds without renewal after which the writer lease expires and a standby takes over."""

@@ -1,8 +1,9 @@
 """The streams ingestion needs: UPSTREAM (the facts as sent) and REJECTED (what was refused).
 
-Both are immutable file streams kept without limits; UPSTREAM deduplicates on ``Nats-Msg-Id``
-(= the sender's ``msg_id``) within its window, REJECTED on the upstream message's sequence, so a
-message redelivered after a crash is never rejected twice.
+Both are immutable file streams kept without limits. UPSTREAM deduplicates on ``Nats-Msg-Id``
+(= the sender's ``msg_id``) within its window. REJECTED is derived by the server from the
+rejections the ingestion records on LEDGER, in the same atomic appends as the position they were
+decided at: a message is never rejected twice because it is never decided twice.
 """
 
 from __future__ import annotations
