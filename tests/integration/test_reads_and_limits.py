@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import ProgrammingError, StoredEvent, Tracking
 
+from ledger.jetstream.datastore import JetStreamDatastore
 from ledger.jetstream.recorders import JetStreamApplicationRecorder, JetStreamProcessRecorder
 from tests.conftest import Datastores
 
@@ -79,6 +80,23 @@ def test_a_process_recorder_skips_tracking_records_in_its_notifications(datastor
     assert [n.originator_id for n in notifications] == [first, second]
     assert recorder.max_notification_id() == notifications[-1].id
     assert recorder.max_tracking_id("upstream") == 4
+
+
+def test_two_followers_of_one_upstream_on_one_stream_keep_their_own_positions(datastores: Datastores) -> None:
+    """Given two process applications (followers "Billing" and "Audit") recording on one stream
+    while both follow the application "upstream", then each has its own tracking subject: both
+    record position 1, 2, … without conflicting, and each reads back its own position."""
+    shared = datastores.new(follower="Billing")
+    billing = JetStreamProcessRecorder(shared)
+    billing.create_stream()
+    audit = JetStreamProcessRecorder(
+        JetStreamDatastore(shared.client, stream=shared.stream, subject_prefix=shared.prefix, follower="Audit")
+    )
+    billing.insert_events([stored(uuid4(), 1)], tracking=Tracking("upstream", 1))
+    audit.insert_events([stored(uuid4(), 1)], tracking=Tracking("upstream", 1))
+    billing.insert_events([], tracking=Tracking("upstream", 2))
+    assert (billing.max_tracking_id("upstream"), audit.max_tracking_id("upstream")) == (2, 1)
+    assert shared.tracking_subject("upstream") != audit.datastore.tracking_subject("upstream")
 
 
 def test_a_subscription_delivers_live_events_in_order(recorder: JetStreamApplicationRecorder) -> None:
