@@ -32,7 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
-from consumers.ingest import UPSTREAM_STREAM, Delivery, Ingestor, Journal, Verdict, decode_parked
+from consumers.ingest import UPSTREAM_STREAM, Delivery, Ingestor, Journal, Verdict, read_parked
 from consumers.lease import WriterLease
 from consumers.schemas import SCHEMAS
 from consumers.streams import UPSTREAM_SUBJECTS
@@ -140,7 +140,7 @@ class IngestService:
         self._keeper: asyncio.Task[None] | None = None
         self._standing_by = False
         self._consumer_missing = 0
-        self._stepping_down: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._deciding = asyncio.Lock()
         """Held while a pull or an operator's retry is decided: one at a time."""
         self._retries: Any = None
@@ -234,7 +234,7 @@ class IngestService:
                 # acknowledged then had its outcome, so the first claim starts from there.
                 first = await self._acknowledged()
                 position = await asyncio.to_thread(datastore.claim, stream, fence, body, first)
-                records = await asyncio.to_thread(datastore.read_filtered, stream, f"{datastore.prefix}.park.>")
+                parked = await asyncio.to_thread(read_parked, datastore)
                 self.ledger.forget_cache()
                 self.ingestor.journal = Journal(
                     fence=fence,
@@ -242,7 +242,8 @@ class IngestService:
                     max_payload=self.broker.config.connection_state.connection.max_payload,
                     writer=self.lease.holder,
                     read_position=lambda: datastore.position(stream, fence.subject),
-                    parked=_parked_records(records),
+                    parked=parked,
+                    read_parked=lambda: read_parked(datastore),
                 )
         except BaseException:
             await self.lease.release()
@@ -282,9 +283,32 @@ class IngestService:
                 return
             log.warning("event=consumer_missing consumer=%s: recreating it", self.settings.durable)
             self._consumer_missing = 0
-            await self._stop_consumer()
-        if not self.subscriber.running and not self._closed:
+            self._background(self._restart_consumer(), "restart the consumer")
+            return
+        if not self.subscriber.running and not self._closed and not self._standing_by:
+            self._background(self._restart_consumer(), "restart the consumer")
+
+    async def _restart_consumer(self) -> None:
+        """Stop the pull loop (after the pull under way) and start it again, which creates the
+        durable consumer if it is missing. Not in the lease's loop: renewals go on meanwhile."""
+        await self._stop_consumer()
+        if not self._closed and not self._standing_by:
             await self.subscriber.start()
+
+    def _background(self, work: Any, what: str) -> None:
+        """Run ``work`` as a task of its own, once at a time per ``what``; its failure is logged."""
+        running = self._tasks.get(what)
+        if running is not None and not running.done():
+            work.close()
+            return
+        task = asyncio.create_task(work, name=what)
+        self._tasks[what] = task
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("event=background_failed what=%r error=%r", what, finished.exception())
+
+        task.add_done_callback(done)
 
     async def _stand_by(self) -> None:
         holder = await self.lease.current() if self.lease is not None else None
@@ -305,6 +329,7 @@ class IngestService:
     async def _step_down(self, why: str) -> None:
         log.warning("event=stepped_down reason=%r", why)
         self.stats.stepped_down += 1
+        self._set_role("standby")  # at once: no pull is decided from here on
         if self.lease is not None and self.lease.held:
             try:
                 await self.lease.release()  # fenced while holding it: let another writer (or this one) claim anew
@@ -335,7 +360,7 @@ class IngestService:
             reply = msgspec.json.encode({"writer": self.lease.holder if self.lease else "", "results": results})
         except WriterFencedError as e:
             reply = msgspec.json.encode({"error": f"this service is no longer the writer: {e}"})
-            self._stepping_down = asyncio.create_task(self._step_down(str(e)))
+            self._background(self._step_down(str(e)), "step down")
         except Exception as e:  # noqa: BLE001 - the operator hears of it
             reply = msgspec.json.encode({"error": repr(e)[:500]})
         if msg.reply:
@@ -369,6 +394,8 @@ class IngestService:
     async def close(self) -> None:
         """Stop holding (or waiting for) the lease; the broker stops the consumer itself."""
         self._closed = True
+        for task in self._tasks.values():
+            task.cancel()
         if self._retries is not None:
             await self._retries.unsubscribe()
             self._retries = None
@@ -423,7 +450,7 @@ class IngestService:
             for raw in ready + later:
                 await raw.nak(delay=1)
             # Not from here: stopping the consumer waits for this very handler to return.
-            self._stepping_down = asyncio.create_task(self._step_down(str(e)))
+            self._background(self._step_down(str(e)), "step down")
             return
         except Exception as e:  # noqa: BLE001 - nothing is acknowledged: all of it comes again
             log.warning("batch of %d not handled (%r): redelivering it", len(deliveries), e)
@@ -481,18 +508,6 @@ class IngestService:
             ready.append(raw)
             expect = max(expect, seq + 1)
         return ready, []
-
-
-def _parked_records(records: list[Any]) -> list[Any]:
-    """The parking records that decode (one that does not is reported and skipped: it cannot
-    have been written by the ledger)."""
-    parked = []
-    for record in records:
-        try:
-            parked.append(decode_parked(record.data))
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            log.error("event=parking_record_unreadable seq=%d error=%r", record.seq, e)
-    return parked
 
 
 async def _bodies_as_sent(message: Any) -> Any:

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from eventsourcing.persistence import InterfaceError, OperationalError
@@ -112,6 +112,18 @@ encode_parked = msgspec.json.Encoder().encode
 decode_parked = msgspec.json.Decoder(ParkedMessage).decode
 
 
+def read_parked(datastore: Any) -> list[ParkedMessage]:
+    """Every parking record on the store's ``<prefix>.park.>``, in order (one that does not
+    decode is reported and skipped: the ledger cannot have written it)."""
+    parked = []
+    for record in datastore.read_filtered(datastore.stream, f"{datastore.prefix}.park.>"):
+        try:
+            parked.append(decode_parked(record.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("event=parking_record_unreadable seq=%d error=%r", record.seq, e)
+    return parked
+
+
 class Journal:
     """What the ingestion has decided since its last save, and the position it has recorded.
 
@@ -129,12 +141,14 @@ class Journal:
         writer: str = "",
         read_position: Callable[[], int] | None = None,
         parked: Iterable[ParkedMessage] = (),
+        read_parked: Callable[[], Iterable[ParkedMessage]] | None = None,
     ) -> None:
         self.fence = fence
         self.position = position
         self.max_payload = max_payload
         self.writer = writer
         self._read_position = read_position
+        self._read_parked = read_parked
         self._pending: list[tuple[Delivery, Verdict, list[str]]] = []
         self._pending_bytes = 0
         self.stale = False
@@ -204,6 +218,13 @@ class Journal:
         if self._read_position is not None:
             self.stale = True
             self.position = self._read_position()
+            if self._read_parked is not None:
+                # A save whose answer was lost may have parked or released messages too.
+                parked = list(self._read_parked())
+                self.parked.clear()
+                self.held.clear()
+                for message in parked:
+                    self._fold_parked(message)
             self.stale = False
 
     # ---- parking ------------------------------------------------------------------------------
@@ -376,7 +397,14 @@ class Ingestor:
                 log.warning("will retry %s and the %d after it: %r", _describe(delivery), len(batch) - index - 1, failure)
                 verdicts.extend([Verdict("retry", detail=repr(failure)[:500])] * (len(batch) - index))
                 return verdicts
-            verdicts.append(self._park(delivery, message, failure))
+            try:
+                verdicts.append(self._park(delivery, message, failure))
+            except WriterFencedError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the parking itself could not be saved: comes again
+                log.warning("could not park %s (%r): it and the %d after it come again", _describe(delivery), e, len(batch) - index - 1)
+                verdicts.extend([Verdict("retry", detail=repr(e)[:500])] * (len(batch) - index))
+                return verdicts
         return verdicts
 
     def _park(self, delivery: Delivery, message: Upstream | Verdict, failure: BaseException) -> Verdict:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class WriterLease:
         try:
             await kv.delete(self.key, last=self._revision)
             log.info("event=lease_released key=%s epoch=%s holder=%s", self.key, self.epoch, self.holder)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            pass
+        except (KeyWrongLastSequenceError, KeyNotFoundError, BadRequestError):
+            pass  # taken meanwhile (a conditional delete answers "wrong last sequence" as a bad request)
         finally:
             self.epoch = self._revision = None
 

@@ -669,7 +669,8 @@ class _Store:
     ``ledger serve`` of the data directory, else its embedded server's data (started here, on a
     free port, and stopped afterwards)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, ledger: bool = True) -> None:
+        """``ledger=False``: only the streams (no person-key secret needed, nothing created)."""
         from ledger.jetstream.server import EmbeddedNatsServer
 
         self.server = None
@@ -686,12 +687,32 @@ class _Store:
             self.server = EmbeddedNatsServer(data_dir / "nats").start()
             url = self.server.url
         self.url = url
-        self.ledger = build_ledger(url, data_dir, args.policy, embedded=self.server is not None or running.exists(), cache=False)
+        self.ledger = (
+            build_ledger(url, data_dir, args.policy, embedded=self.server is not None or running.exists(), cache=False)
+            if ledger
+            else None
+        )
+        self.datastore = self.ledger.recorder.datastore if self.ledger is not None else _datastore(url)
 
     def close(self) -> None:
-        self.ledger.close()
+        if self.ledger is not None:
+            self.ledger.close()
+        else:
+            self.datastore.client.close()
         if self.server is not None:
             self.server.stop()
+
+
+def _datastore(url: str) -> Any:
+    """The event store's streams at ``url``, as the ledger names them (NATS_STREAM,
+    NATS_SUBJECT_PREFIX), without opening the application."""
+    from ledger.jetstream.client import NatsClient
+    from ledger.jetstream.datastore import JetStreamDatastore
+
+    return JetStreamDatastore(
+        NatsClient(url), stream=os.environ.get("NATS_STREAM", "LEDGER"),
+        subject_prefix=os.environ.get("NATS_SUBJECT_PREFIX", "ledger"), follower="Ledger",
+    )  # fmt: skip
 
 
 def _coverage(args: argparse.Namespace) -> int:
@@ -966,16 +987,18 @@ def _status(args: argparse.Namespace) -> int:
     parked messages, no policy table for the current funding year)."""
     from datetime import datetime
 
-    from consumers.ingest import Journal, decode_parked
+    from consumers.ingest import Journal, read_parked
+    from ledger.domain.policy import DEFAULT_POLICY, load_policy
     from ledger.domain.source import CHINA_STANDARD_TIME
+    from ledger.jetstream.recorders import JetStreamApplicationRecorder
 
-    store = _Store(args)
+    policy = load_policy(args.policy or DEFAULT_POLICY)
+    store = _Store(args, ledger=False)
     try:
-        datastore = store.ledger.recorder.datastore
-        state = asyncio.run(_stream_state(store.url, datastore.tracking_subject("UPSTREAM")))
-        parked = Journal(parked=[decode_parked(m.data) for m in datastore.read_filtered(datastore.stream, f"{datastore.prefix}.park.>")]).parked
-        last_event = store.ledger.recorder.max_notification_id() or 0
-        policy = store.ledger.policy
+        datastore = store.datastore
+        state = asyncio.run(_stream_state(store.url, datastore))
+        parked = Journal(parked=read_parked(datastore)).parked if "LEDGER" in state["streams"] else {}
+        last_event = JetStreamApplicationRecorder(datastore).max_notification_id() or 0 if "LEDGER" in state["streams"] else 0
     finally:
         store.close()
     views = _views_positions(args)
@@ -1027,7 +1050,7 @@ def _status(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
+async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
     import msgspec
     import nats
     import nats.js.errors
@@ -1035,6 +1058,8 @@ async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
     from consumers.lease import BUCKET
     from ledger.jetstream.client import server_urls
 
+    ledger_stream, prefix = datastore.stream, datastore.prefix
+    tracking_subject = datastore.tracking_subject("UPSTREAM")
     nc = await nats.connect(server_urls(url))
     try:
 
@@ -1043,8 +1068,10 @@ async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
             return json.loads(reply.data)
 
         streams = {}
-        for name in ("UPSTREAM", "LEDGER", "REJECTED", "COVERAGE", "LEDGER_CHECKPOINTS"):
-            info = await api(f"$JS.API.STREAM.INFO.{name}")
+        names = {"UPSTREAM": "UPSTREAM", "LEDGER": ledger_stream, "REJECTED": "REJECTED", "COVERAGE": "COVERAGE",
+                 "LEDGER_CHECKPOINTS": f"{ledger_stream}_CHECKPOINTS"}  # fmt: skip
+        for name, stream in names.items():
+            info = await api(f"$JS.API.STREAM.INFO.{stream}")
             if "error" not in info:
                 streams[name] = {"messages": info["state"]["messages"], "last_seq": info["state"]["last_seq"],
                                  "replicas": info["config"].get("num_replicas", 1)}  # fmt: skip
@@ -1054,7 +1081,7 @@ async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
                 message = await nc.request(
                     f"$JS.API.DIRECT.GET.{stream}", json.dumps({"last_by_subj": subject}).encode(), timeout=10
                 )
-            except nats.errors.NoRespondersError:
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 return None
             return None if (message.headers or {}).get("Status") else message
 
@@ -1067,16 +1094,16 @@ async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
             value = msgspec.json.decode(entry.value)
             writer = {"holder": value.get("holder"), "epoch": value.get("epoch")}
         position, recorded_by = 0, None
-        tracked = await last("LEDGER", tracking_subject)
+        tracked = await last(ledger_stream, tracking_subject)
         if tracked is not None:
             position = int(tracked.headers.get("Ledger-Tracking-Id", "0"))
             recorded_by = {"epoch": tracked.headers.get("Ledger-Writer-Epoch"), "at": tracked.headers.get("Nats-Time-Stamp")}
         rejections = 0
         if "LEDGER" in streams:
-            info = await api("$JS.API.STREAM.INFO.LEDGER", {"subjects_filter": "ledger.rej.>"})
+            info = await api(f"$JS.API.STREAM.INFO.{ledger_stream}", {"subjects_filter": f"{prefix}.rej.>"})
             rejections = sum((info["state"].get("subjects") or {}).values())
         checkpoint = None
-        signed = await last("LEDGER_CHECKPOINTS", "ledger.checkpoint")
+        signed = await last(f"{ledger_stream}_CHECKPOINTS", f"{prefix}.checkpoint")
         if signed is not None:
             body = msgspec.json.decode(signed.data).get("checkpoint", {})
             checkpoint = {"last_seq": body.get("last_seq"), "signed_at": body.get("signed_at")}
@@ -1087,34 +1114,31 @@ async def _stream_state(url: str, tracking_subject: str) -> dict[str, Any]:
 
 
 def _views_positions(args: argparse.Namespace) -> dict[str, int]:
-    """The views' positions in DATA_DIR (or --views), or {} when there are none here."""
-    from projections.database import Database
+    """The positions of the views of DATA_DIR (or ``LEDGER_VIEWS``), or {} when there are none."""
+    from projections.runner import view_positions
 
-    url = default_views_url(args.data_dir)
-    path = args.data_dir / "views.sqlite"
-    if not path.exists():
+    url = os.environ.get("LEDGER_VIEWS") or default_views_url(args.data_dir)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return {}
-    db = Database.open(url)
     try:
-        rows = dict(db.query("SELECT application_name, notification_id FROM tracking"))
-    finally:
-        db.close()
-    return {"ledger": int(rows.get("Ledger", 0)), "rejected": int(rows.get("REJECTED", 0))}
+        ledger_position, rejected_position = view_positions(url)
+    except Exception as e:  # noqa: BLE001 - a status must not fail on the views
+        log.warning("event=views_unreadable error=%r", e)
+        return {}
+    return {"ledger": ledger_position, "rejected": rejected_position}
 
 
 # ---- parked messages -----------------------------------------------------------------------------
 
 
 def _parked_list(args: argparse.Namespace) -> int:
-    from consumers.ingest import Journal, decode_parked
+    from consumers.ingest import Journal, read_parked
 
-    store = _Store(args)
+    store = _Store(args, ledger=False)
     try:
-        datastore = store.ledger.recorder.datastore
-        records = datastore.read_filtered(datastore.stream, f"{datastore.prefix}.park.>")
+        journal = Journal(parked=read_parked(store.datastore))
     finally:
         store.close()
-    journal = Journal(parked=[decode_parked(m.data) for m in records])
     rows = [
         {"upstream_seq": m.upstream_seq, "subject": m.subject, "msg_id": m.msg_id, "reason": m.reason,
          "detail": m.detail, "persons": len(m.holds)}

@@ -339,7 +339,7 @@ def replay(
                 time.sleep(0.05)
     finally:
         projections.close()
-    done_ledger, done_rejected = _positions(views_url)
+    done_ledger, done_rejected = view_positions(views_url)
     return ReplayResult(
         ledger_events=done_ledger - start_ledger,
         rejections=done_rejected - start_rejected,
@@ -348,7 +348,8 @@ def replay(
     )
 
 
-def _positions(views_url: str) -> tuple[int, int]:
+def view_positions(views_url: str) -> tuple[int, int]:
+    """The committed positions of the views at ``views_url``: (LEDGER sequence, REJECTED sequence)."""
     from projections.database import Database
 
     db = Database.open(views_url)

@@ -483,6 +483,8 @@ class JetStreamDatastore:
         raises ``OperationalError``.
         """
         plan = _Plan.build(self, base, stored_events, tracking, decisions)
+        if plan.fence is not None:
+            self._check_own_record(stream, plan.fence)
         unknown_outcome = False
         attempts = 0
         not_sent_until: float | None = None
@@ -604,6 +606,17 @@ class JetStreamDatastore:
             f"{subject} was claimed by another writer (epoch {last.epoch}; this writer's is {plan.fence.epoch}): "
             "this writer must stop"
         )
+
+    def _check_own_record(self, stream: str, fence: Fence) -> None:
+        """Before a fenced append: the fence subject's last record as known must be this
+        writer's own (its claim or one of its appends); anybody else's means another writer
+        claimed it since, and this one must not write on top of it (``WriterFencedError``)."""
+        known = self._last.get(fence.subject) or self._refresh(stream, fence.subject)
+        if known.nonce is None or known.nonce not in self._own_nonces.get(fence.subject, ()):
+            raise WriterFencedError(
+                f"{fence.subject} was claimed by another writer (epoch {known.epoch}; this writer's is "
+                f"{fence.epoch}): this writer must stop"
+            )
 
     def _sent(self, subject: str, nonce: str) -> None:
         """Remember a nonce this writer sent on ``subject`` (the last few hundred)."""

@@ -40,6 +40,9 @@ def test_an_append_behind_a_fence_claimed_by_a_successor_is_refused_whole(datast
     with pytest.raises(WriterFencedError):
         first.append(first.stream, f"{first.prefix}.evt", [event()], decisions=decisions(fence_1, 2, "malformed"))
     assert first.last_sequence(first.stream) == before, "nothing of the fenced append was stored"
+    with pytest.raises(WriterFencedError):  # and again: having seen the successor's claim changes nothing
+        first.append(first.stream, f"{first.prefix}.evt", [event()], decisions=decisions(fence_1, 2))
+    assert first.last_sequence(first.stream) == before
     second.append(second.stream, f"{second.prefix}.evt", [event()], decisions=decisions(fence_2, 2))
     assert second.position(second.stream, subject) == 2
 

@@ -14,7 +14,7 @@ from eventsourcing.persistence import OperationalError
 
 from ledger.jetstream.client import OutcomeUnknownError
 
-from consumers.ingest import UNPROCESSABLE, Delivery, Ingestor, Journal, decode_parked
+from consumers.ingest import UNPROCESSABLE, Delivery, Ingestor, Journal, read_parked
 from ledger.application import Actor, Ledger
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.datastore import Fence, WriterFencedError
@@ -49,10 +49,10 @@ def writer(ledger: Ledger, epoch: int = 1) -> Ingestor:
     datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
     fence = Fence(datastore.tracking_subject("UPSTREAM"), epoch)
     position = datastore.claim(datastore.stream, fence)
-    parked = [decode_parked(m.data) for m in datastore.read_filtered(datastore.stream, f"{datastore.prefix}.park.>")]
     journal = Journal(
-        fence=fence, position=position, writer=f"test-{epoch}", parked=parked,
+        fence=fence, position=position, writer=f"test-{epoch}", parked=read_parked(datastore),
         read_position=lambda: datastore.position(datastore.stream, fence.subject),
+        read_parked=lambda: read_parked(datastore),
     )  # fmt: skip
     return Ingestor(ledger, journal, retry_pause=0.0)
 
@@ -261,3 +261,35 @@ def test_a_save_whose_acknowledgement_was_lost_while_nats_was_away_is_never_deci
         assert recorded_decisions(ledger) == [[1, "rejected", 0], [2, "recorded", 2]]
     finally:
         ledger.close()
+
+
+def test_a_parking_saved_while_its_answer_was_lost_still_holds_the_person_back(broken: Ledger) -> None:
+    """Given Alice's payment parked by a save whose acknowledgement was lost while NATS could not
+    be asked, when her next message comes, then it waits behind the parked payment (the parking
+    is read back with the position), it is not decided ahead of it."""
+    ingestor = writer(broken)
+    ingestor.process([enrollment("e1", ALICE, 1)])
+    datastore = broken.recorder.datastore  # type: ignore[attr-defined]
+    client, real_append, real_refresh = datastore.client, datastore.client.append, datastore._refresh
+    faults = {"lost_ack": 1, "unreachable": 0}
+
+    def append_losing_the_ack(messages: Any, subjects: Any) -> Any:
+        seqs = real_append(messages, subjects)
+        if faults["lost_ack"] and any(m.subject.endswith(".park.2") for m in messages):
+            faults["lost_ack"] -= 1
+            faults["unreachable"] = 1  # the store cannot be asked what happened
+            raise OutcomeUnknownError("the acknowledgement was lost")
+        return seqs
+
+    def refresh_while_unreachable(stream: str, subject: str) -> Any:
+        if faults["unreachable"]:
+            faults["unreachable"] -= 1
+            raise OperationalError("NATS is unreachable")
+        return real_refresh(stream, subject)
+
+    client.append = append_losing_the_ack
+    datastore._refresh = refresh_while_unreachable
+    assert [v.kind for v in ingestor.process([payment("p1", ALICE, 2)])] == ["retry"]
+    (verdict,) = ingestor.process([enrollment("e2", ALICE, 3, district="340102")])
+    assert (verdict.kind, verdict.reason) == ("parked", "held")
+    assert sorted(ingestor.journal.parked) == [2, 3]
