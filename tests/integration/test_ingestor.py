@@ -5,7 +5,7 @@ a second process would)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,32 @@ def writer(ledger: Ledger, epoch: int = 1) -> Ingestor:
         read_parked=lambda: read_parked(datastore),
     )  # fmt: skip
     return Ingestor(ledger, journal, retry_pause=0.0)
+
+
+def lose_an_ack(ledger: Ledger, *, saving: Callable[[Any], bool], unreachable: int) -> None:
+    """Fault injection on a real store: the first append with a message ``saving`` picks is
+    committed, then its acknowledgement is lost and the next ``unreachable`` reads of what
+    happened fail as if NATS could not be reached."""
+    datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
+    real_append, real_refresh = datastore.client.append, datastore._refresh
+    faults = {"lost_ack": 1, "unreachable": 0}
+
+    def append_losing_the_ack(messages: Any, subjects: Any) -> Any:
+        seqs = real_append(messages, subjects)
+        if faults["lost_ack"] and any(saving(m) for m in messages):
+            faults["lost_ack"] -= 1
+            faults["unreachable"] = unreachable
+            raise OutcomeUnknownError("the acknowledgement was lost")
+        return seqs
+
+    def refresh_while_unreachable(stream: str, subject: str) -> Any:
+        if faults["unreachable"]:
+            faults["unreachable"] -= 1
+            raise OperationalError("NATS is unreachable")
+        return real_refresh(stream, subject)
+
+    datastore.client.append = append_losing_the_ack
+    datastore._refresh = refresh_while_unreachable
 
 
 def recorded_decisions(ledger: Ledger) -> list[list[Any]]:
@@ -232,26 +258,8 @@ def test_a_save_whose_acknowledgement_was_lost_while_nats_was_away_is_never_deci
     ledger = Ledger(store_env, keyer=PersonKeyer(SECRET.encode()))
     try:
         ingestor = writer(ledger)
-        datastore = ledger.recorder.datastore  # type: ignore[attr-defined]
-        client, real_append, real_refresh = datastore.client, datastore.client.append, datastore._refresh
-        faults = {"lost_ack": 1, "unreachable": 0}
-
-        def append_losing_the_ack(messages: Any, subjects: Any) -> Any:
-            seqs = real_append(messages, subjects)
-            if faults["lost_ack"] and any("Ledger-Nonce" in m.headers for m in messages):
-                faults["lost_ack"] -= 1
-                faults["unreachable"] = 2  # and NATS does not answer the next two reads either
-                raise OutcomeUnknownError("the acknowledgement was lost")
-            return seqs
-
-        def refresh_while_unreachable(stream: str, subject: str) -> Any:
-            if faults["unreachable"]:
-                faults["unreachable"] -= 1
-                raise OperationalError("NATS is unreachable")
-            return real_refresh(stream, subject)
-
-        client.append = append_losing_the_ack
-        datastore._refresh = refresh_while_unreachable
+        # The save of both is committed, its answer lost, and NATS cannot be asked twice.
+        lose_an_ack(ledger, saving=lambda m: "Ledger-Nonce" in m.headers, unreachable=2)
         deliveries = [payment("p1", ALICE, 1), enrollment("e1", ALICE, 2)]
         assert [v.kind for v in ingestor.process(deliveries)] == ["retry", "retry"]
         again = ingestor.process(deliveries)
@@ -269,26 +277,8 @@ def test_a_parking_saved_while_its_answer_was_lost_still_holds_the_person_back(b
     is read back with the position), it is not decided ahead of it."""
     ingestor = writer(broken)
     ingestor.process([enrollment("e1", ALICE, 1)])
-    datastore = broken.recorder.datastore  # type: ignore[attr-defined]
-    client, real_append, real_refresh = datastore.client, datastore.client.append, datastore._refresh
-    faults = {"lost_ack": 1, "unreachable": 0}
-
-    def append_losing_the_ack(messages: Any, subjects: Any) -> Any:
-        seqs = real_append(messages, subjects)
-        if faults["lost_ack"] and any(m.subject.endswith(".park.2") for m in messages):
-            faults["lost_ack"] -= 1
-            faults["unreachable"] = 1  # the store cannot be asked what happened
-            raise OutcomeUnknownError("the acknowledgement was lost")
-        return seqs
-
-    def refresh_while_unreachable(stream: str, subject: str) -> Any:
-        if faults["unreachable"]:
-            faults["unreachable"] -= 1
-            raise OperationalError("NATS is unreachable")
-        return real_refresh(stream, subject)
-
-    client.append = append_losing_the_ack
-    datastore._refresh = refresh_while_unreachable
+    # The parking's save is committed, its answer lost, and NATS cannot be asked what happened.
+    lose_an_ack(broken, saving=lambda m: m.subject.endswith(".park.2"), unreachable=1)
     assert [v.kind for v in ingestor.process([payment("p1", ALICE, 2)])] == ["retry"]
     (verdict,) = ingestor.process([enrollment("e2", ALICE, 3, district="340102")])
     assert (verdict.kind, verdict.reason) == ("parked", "held")
