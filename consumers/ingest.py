@@ -128,8 +128,8 @@ class Journal:
     """What the ingestion has decided since its last save, and the position it has recorded.
 
     ``take`` (called by the ``Ledger`` as it saves) turns the pending decisions into the
-    ``Decisions`` of that save. The position advances when the next save is prepared, or
-    when ``settled`` says the last one went through; after a failure ``resync`` reads it back.
+    ``Decisions`` of that save; the position advances only when ``settled`` says that save went
+    through. After a failure, ``resync`` reads the position and the parkings back.
     """
 
     def __init__(
