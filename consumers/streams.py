@@ -105,12 +105,18 @@ encode_rejection = msgspec.json.Encoder().encode
 decode_rejection: Any = msgspec.json.Decoder(Rejection).decode
 
 
+SOURCE_CATCH_UP = 150.0
+"""Seconds to allow REJECTED to catch up with LEDGER: a moment normally, but after a node of a
+cluster failed the server re-creates its source consumer with a back-off of 10 s, 20 s, … up to
+2 minutes."""
+
+
 async def rejected_caught_up(
-    request: Any, *, timeout: float = 30.0, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger"
+    request: Any, *, timeout: float = SOURCE_CATCH_UP, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger"
 ) -> int:
     """Wait until REJECTED holds every rejection LEDGER holds (the server copies them a moment
-    after they are recorded); return how many there are. ``request(subject, payload)`` is a
-    NATS request returning the reply's bytes."""
+    after they are recorded, longer after a node failure: ``SOURCE_CATCH_UP``); return how many
+    there are. ``request(subject, payload)`` is a NATS request returning the reply's bytes."""
     import asyncio
     import time
 
@@ -129,7 +135,7 @@ async def rejected_caught_up(
         await asyncio.sleep(0.02)
 
 
-async def wait_for_rejected(url: str, *, timeout: float = 60.0) -> int:
+async def wait_for_rejected(url: str, *, timeout: float = SOURCE_CATCH_UP) -> int:
     """``rejected_caught_up`` on a connection of its own to the servers at ``url``."""
     import nats
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from consumers.streams import wait_for_rejected
 from tests.integration.ingest_support import season
 from tests.trust.cluster import (
     LedgerServe,
@@ -109,6 +110,7 @@ def test_losing_one_node_then_another_keeps_one_outcome_per_message_and_identica
     for stream in STREAMS:
         wait_until(lambda stream=stream: cluster.converged(stream), 60, f"{stream}'s replicas to converge", alive=serve)
     url = cluster.urls[victim2]  # read through the node that came back last
+    asyncio.run(wait_for_rejected(url))  # REJECTED is derived from LEDGER: let it catch up
     ledger_seq, rejected_seq = last_event_seq(url), stream_messages(url, "REJECTED")
     views = tmp_path / "data" / "views.sqlite"
     wait_until(lambda: views_caught_up(views, ledger_seq, rejected_seq), 60, "the views to catch up", alive=serve)

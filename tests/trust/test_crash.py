@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from consumers.streams import wait_for_rejected
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.integration.ingest_support import season
 from tests.projections.support import dump
@@ -127,6 +128,7 @@ def test_sigkill_of_server_and_service_at_random_moments_of_ingestion_and_replay
         marks["killed"] = time.monotonic() - started
         wait_until(lambda: ingestion_done([server.url], len(messages)), 120, "every message to be applied", alive=serve)
         marks["ingested"] = time.monotonic() - started
+        asyncio.run(wait_for_rejected(server.url))  # REJECTED is derived from LEDGER: let it catch up
         ledger_seq, rejected_seq = last_event_seq(server.url), stream_messages(server.url, "REJECTED")
         views = tmp_path / "data" / "views.sqlite"
         wait_until(lambda: views_caught_up(views, ledger_seq, rejected_seq), 60, "the views to catch up", alive=serve)

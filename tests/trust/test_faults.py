@@ -34,6 +34,7 @@ from typing import Any
 import nats
 import pytest
 
+from consumers.streams import SOURCE_CATCH_UP
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.integration.ingest_support import StatefulSeason, stateful_season
 from tests.projections.support import dump
@@ -381,7 +382,7 @@ class Settled:
 def _settle_and_count(url: str, season: StatefulSeason, serving: list[LedgerServe], tmp_path: Path) -> Settled:
     """Once every message is acknowledged: wait for REJECTED (derived from LEDGER) and each
     running service's views to catch up; count the outcomes; replay the views afresh and compare."""
-    wait_until(lambda: rejected_caught_up(url), 60, "REJECTED to catch up with LEDGER's rejections")
+    wait_until(lambda: rejected_caught_up(url), SOURCE_CATCH_UP, "REJECTED to catch up with LEDGER's rejections")
     ledger_seq, rejected_seq = last_event_seq(url), stream_messages(url, "REJECTED")
     for serve in serving:
         views = serve.data_dir / "views.sqlite"
