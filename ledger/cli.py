@@ -117,7 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("subject", help="an upstream subject of the contract")
     publish.add_argument("file", help="JSON-lines file, a .csv file, or - for standard input")
-    publish.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"), help="NATS URL (NATS_URL)")
+    publish.add_argument(
+        "--nats-url", default=os.environ.get("NATS_URL"),
+        help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR",
+    )  # fmt: skip
+    _data_dir_option(publish)
     publish.set_defaults(run=_publish)
 
     coverage = commands.add_parser(
@@ -244,7 +248,18 @@ def _parser() -> argparse.ArgumentParser:
     asyncapi = commands.add_parser("asyncapi", help="print or write the AsyncAPI document of the consumers")
     asyncapi.add_argument("--output", type=Path, help="write it to this file instead of standard output")
     asyncapi.set_defaults(run=_asyncapi)
+    _everywhere(parser, "--log-level", help="debug, info, warning (LEDGER_LOG_LEVEL); before or after the command")
     return parser
+
+
+def _everywhere(parser: argparse.ArgumentParser, option: str, **kwargs: Any) -> None:
+    """Accept a global ``option`` after the command too (``ledger serve --log-level debug``), in
+    every subcommand at any depth; given there, it wins over the value before the command."""
+    for action in parser._actions:  # argparse has no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(option, default=argparse.SUPPRESS, **kwargs)
+                _everywhere(sub, option, **kwargs)
 
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -579,13 +594,48 @@ async def ensure_ingest_streams(broker: Any, replicas: int = 1) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    lines = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", newline="")  # noqa: SIM115
-    with lines:
-        started = time.perf_counter()
-        rows = csv_messages(args.subject, lines) if args.file.endswith(".csv") else lines
-        count = asyncio.run(publish_messages(args.nats_url, args.subject, rows, progress=True))
+    """Read and check the whole file first (JSON, a ``msg_id`` on every line; CSV rows against
+    the schema): nothing is sent unless every line is fit to send."""
+    url = args.nats_url
+    running = args.data_dir / SERVE_URL_FILE
+    if not url and running.exists():
+        url = running.read_text().strip()
+    if not url:
+        raise SystemExit(f"no NATS server: give --nats-url (or NATS_URL), or run `ledger serve --data-dir {args.data_dir}`")
+    try:
+        lines = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as e:
+        raise SystemExit(f"{args.file}: {e.strerror}") from None
+    try:
+        with lines:
+            rows = list(csv_messages(args.subject, lines) if args.file.endswith(".csv") else checked_lines(lines))
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{args.file}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    import nats.errors
+
+    started = time.perf_counter()
+    try:
+        count = asyncio.run(publish_messages(url, args.subject, rows, progress=True))
+    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as e:
+        raise SystemExit(f"cannot publish to NATS at {_redacted(url)}: {e!r}") from None
     print(f"published {count} messages on {args.subject} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
+
+
+def checked_lines(lines: Iterable[str]) -> Iterable[str]:
+    """The non-empty lines of a JSON-lines file, each a JSON object with a ``msg_id``; raises
+    ``SystemExit`` naming the first line that is not."""
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            body = json.loads(text)
+        except ValueError as e:
+            raise SystemExit(f"line {number}: not JSON ({e.msg} at column {e.colno}); nothing was published") from None
+        if not isinstance(body, dict) or not body.get("msg_id"):
+            raise SystemExit(f"line {number}: not a JSON object with a msg_id; nothing was published")
+        yield text
 
 
 async def publish_messages(
@@ -605,7 +655,13 @@ async def publish_messages(
 
     if subject not in SCHEMAS:
         raise SystemExit(f"{subject} is not an upstream subject of the contract: {', '.join(SCHEMAS)}")
-    nc = await nats.connect(server_urls(url))
+
+    async def quiet(_error: Exception) -> None:
+        """A server that cannot be reached is said once, by the caller, not logged per try."""
+
+    nc = await nats.connect(
+        server_urls(url), connect_timeout=5, max_reconnect_attempts=3, reconnect_time_wait=1, error_cb=quiet
+    )
     js = nc.jetstream()
     pending: list[Any] = []
     count = 0
@@ -649,7 +705,7 @@ def csv_messages(subject: str, lines: Iterable[str]) -> Iterable[dict[str, Any]]
         try:
             message = msgspec.convert(values, type=schema, strict=False)
         except msgspec.ValidationError as e:
-            raise SystemExit(f"line {number}: {e}") from None
+            raise SystemExit(f"line {number}: {e}; nothing was published") from None
         yield msgspec.to_builtins(message)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,47 @@ def test_a_csv_row_the_schema_refuses_names_its_line(upstream: EmbeddedNatsServe
     run = publish(upstream.url, "upstream.subsidy.listed", roster)
     assert run.returncode != 0
     assert "line 2" in run.stderr and "coverage_year" in run.stderr
+
+
+def test_a_file_with_a_bad_line_is_refused_whole_naming_the_line_and_nothing_is_published(
+    upstream: EmbeddedNatsServer, tmp_path: Path
+) -> None:
+    """Given a JSON-lines file whose third line is not JSON, when it is published, then the
+    command says which line in one line (no traceback) and UPSTREAM holds none of the lines
+    before it."""
+    lines = tmp_path / "payments.jsonl"
+    lines.write_text('{"msg_id": "p1"}\n{"msg_id": "p2"}\n{"msg_id": "p3",\n', encoding="utf-8")
+    run = publish(upstream.url, "upstream.payment.received", lines)
+    assert run.returncode != 0
+    assert "line 3: not JSON" in run.stderr and "nothing was published" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM"))["state"]["messages"] == 0
+
+
+def test_a_missing_file_and_a_missing_server_are_one_line_errors(tmp_path: Path) -> None:
+    """Given no such file, or no server to publish to (no --nats-url, NATS_URL or running serve),
+    then the command says so in one line and exits non-zero, without a traceback."""
+    missing = publish("nats://127.0.0.1:1", "upstream.payment.received", tmp_path / "nope.jsonl")
+    assert missing.returncode != 0 and "nope.jsonl: No such file" in missing.stderr and "Traceback" not in missing.stderr
+    lines = tmp_path / "one.jsonl"
+    lines.write_text('{"msg_id": "p1"}\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    no_server = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "publish", "upstream.payment.received", str(lines), "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert no_server.returncode != 0 and "no NATS server" in no_server.stderr and "Traceback" not in no_server.stderr
+    unreachable = publish("nats://127.0.0.1:1", "upstream.payment.received", lines)
+    assert unreachable.returncode != 0 and "cannot publish to NATS" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_the_log_level_may_follow_the_command(tmp_path: Path) -> None:
+    """`ledger COMMAND --log-level warning` is accepted as `ledger --log-level warning COMMAND`
+    is (argparse used to refuse it: "unrecognized arguments")."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "status", "--log-level", "warning", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "unrecognized arguments" not in run.stderr
+    assert run.returncode == 1 and "no ledger in" in run.stderr
