@@ -415,7 +415,8 @@ class IngestService:
         when every earlier one has been: a pull that skips some (they are still out with a
         consumer that died, awaiting redelivery) reads them from the stream first.
         """
-        raws = sorted(message.raw_message, key=lambda m: m.metadata.sequence.stream)
+        # One delivery per message: a pull that spans a redelivery can hold a message twice.
+        raws = sorted({m.metadata.sequence.stream: m for m in message.raw_message}.values(), key=lambda m: m.metadata.sequence.stream)
         if not self.writing:
             self._start_keeper()
             if not await self._wait_for_role():

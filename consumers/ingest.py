@@ -171,6 +171,17 @@ class Journal:
         return self.fence is not None
 
     @property
+    def decided_through(self) -> int:
+        """The highest UPSTREAM sequence decided: recorded, or pending in the save under way (a
+        pull can hold one message twice, its redelivery beside the first delivery)."""
+        highest = self.position
+        if self._pending:
+            highest = max(highest, max(d.stream_seq for d, _v, _h in self._pending))
+        if self._taken is not None:
+            highest = max(highest, self._taken[0])
+        return highest
+
+    @property
     def pending_load(self) -> int:
         """How many messages the pending decisions add to a save (at most), or more than a save
         may hold once the rejections' bytes pass ``MAX_PENDING_BYTES``."""
@@ -347,8 +358,8 @@ class Ingestor:
         """Decide one message inside the current unit of work and note the decision."""
         if self.journal.stale:
             raise OperationalError("the ingestion's position is not known: it is read back first")
-        if not retrying and delivery.stream_seq and delivery.stream_seq <= self.journal.position:
-            return DECIDED
+        if not retrying and delivery.stream_seq and delivery.stream_seq <= self.journal.decided_through:
+            return DECIDED  # recorded before, or already decided in this very batch (delivered twice)
         holds = self._holds(message) if isinstance(message, Upstream) else []
         if retrying and delivery.stream_seq in self.journal.parked:
             holds = self.journal.parked[delivery.stream_seq].holds

@@ -283,3 +283,16 @@ def test_a_parking_saved_while_its_answer_was_lost_still_holds_the_person_back(b
     (verdict,) = ingestor.process([enrollment("e2", ALICE, 3, district="340102")])
     assert (verdict.kind, verdict.reason) == ("parked", "held")
     assert sorted(ingestor.journal.parked) == [2, 3]
+
+
+def test_a_message_delivered_twice_in_one_pull_is_decided_once(store_env: dict[str, str]) -> None:
+    """Given a pull that holds Alice's enrollment twice (its redelivery arrived beside the first
+    delivery), then it is decided once — recorded — and the second copy is acknowledged as
+    decided, not recorded a second time as a duplicate."""
+    ledger = Ledger(store_env, keyer=PersonKeyer(SECRET.encode()))
+    try:
+        verdicts = writer(ledger).process([enrollment("e1", ALICE, 1), enrollment("e1", ALICE, 1), enrollment("e2", BOB, 2)])
+        assert [v.kind for v in verdicts] == ["recorded", "decided", "recorded"]
+        assert recorded_decisions(ledger) == [[1, "recorded", 2], [2, "recorded", 2]]
+    finally:
+        ledger.close()
