@@ -122,18 +122,22 @@ class WriterLease:
 
     async def _still_ours(self) -> bool:
         """Whether the key still names this holder and epoch (adopting its revision if so)."""
+        found = await self._entry()
+        if found is None or (found[0].holder, found[0].epoch) != (self.holder, self.epoch):
+            return False
+        self._revision = found[1]
+        return True
+
+    async def _entry(self) -> tuple[_Holder, int] | None:
+        """The key's value and revision (None when nobody holds the lease)."""
         kv = await self._bucket()
         try:
             entry = await kv.get(self.key)
         except KeyNotFoundError:
-            return False
+            return None
         if not entry.value:
-            return False
-        value = msgspec.json.decode(entry.value, type=_Holder)
-        if (value.holder, value.epoch) != (self.holder, self.epoch):
-            return False
-        self._revision = entry.revision
-        return True
+            return None
+        return msgspec.json.decode(entry.value, type=_Holder), entry.revision
 
     async def _let_go(self, revision: int) -> None:
         """Delete the key created at ``revision`` if it is still that one (a half-taken lease)."""
@@ -158,12 +162,5 @@ class WriterLease:
 
     async def current(self) -> tuple[str, int] | None:
         """Who holds the lease now, and its epoch (None when nobody does)."""
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(self.key)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        value = msgspec.json.decode(entry.value, type=_Holder)
-        return value.holder, value.epoch
+        found = await self._entry()
+        return None if found is None else (found[0].holder, found[0].epoch)

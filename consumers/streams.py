@@ -105,6 +105,15 @@ encode_rejection = msgspec.json.Encoder().encode
 decode_rejection: Any = msgspec.json.Decoder(Rejection).decode
 
 
+async def rejections_recorded(request: Any, *, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger") -> int:
+    """How many rejections LEDGER holds (``<prefix>.rej.>``); ``request`` as for
+    ``rejected_caught_up``."""
+    info = msgspec.json.decode(
+        await request(f"$JS.API.STREAM.INFO.{ledger_stream}", msgspec.json.encode({"subjects_filter": f"{ledger_prefix}.rej.>"}))
+    )
+    return sum((info.get("state", {}).get("subjects") or {}).values())
+
+
 SOURCE_CATCH_UP = 150.0
 """Seconds to allow REJECTED to catch up with LEDGER: a moment normally, but after a node of a
 cluster failed the server re-creates its source consumer with a back-off of 10 s, 20 s, … up to
@@ -122,10 +131,7 @@ async def rejected_caught_up(
 
     deadline = time.monotonic() + timeout
     while True:
-        ledger = msgspec.json.decode(
-            await request(f"$JS.API.STREAM.INFO.{ledger_stream}", msgspec.json.encode({"subjects_filter": f"{ledger_prefix}.rej.>"}))
-        )
-        recorded = sum((ledger.get("state", {}).get("subjects") or {}).values())
+        recorded = await rejections_recorded(request, ledger_stream=ledger_stream, ledger_prefix=ledger_prefix)
         rejected = msgspec.json.decode(await request("$JS.API.STREAM.INFO.REJECTED", b""))
         held = int(rejected.get("state", {}).get("messages", 0))
         if held >= recorded:

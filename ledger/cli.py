@@ -1112,6 +1112,7 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
     import nats.js.errors
 
     from consumers.lease import BUCKET
+    from consumers.streams import rejections_recorded
     from ledger.jetstream.client import server_urls
 
     ledger_stream, prefix = datastore.stream, datastore.prefix
@@ -1156,8 +1157,11 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
             recorded_by = {"epoch": tracked.headers.get("Ledger-Writer-Epoch"), "at": tracked.headers.get("Nats-Time-Stamp")}
         rejections = 0
         if "LEDGER" in streams:
-            info = await api(f"$JS.API.STREAM.INFO.{ledger_stream}", {"subjects_filter": f"{prefix}.rej.>"})
-            rejections = sum((info["state"].get("subjects") or {}).values())
+
+            async def request(subject: str, payload: bytes) -> bytes:
+                return (await nc.request(subject, payload, timeout=10)).data
+
+            rejections = await rejections_recorded(request, ledger_stream=ledger_stream, ledger_prefix=prefix)
         checkpoint = None
         signed = await last(f"{ledger_stream}_CHECKPOINTS", f"{prefix}.checkpoint")
         if signed is not None:

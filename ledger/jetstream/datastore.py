@@ -389,14 +389,7 @@ class JetStreamDatastore:
 
     def read_subject(self, stream: str, subject: str) -> list[StoredMessage]:
         """Every message on ``subject``, in order, by batched direct get."""
-        messages: list[StoredMessage] = []
-        seq = 1
-        while True:
-            page = self.get(stream, {"seq": seq, "next_by_subj": subject, "batch": _READ_PAGE}, batch=True)
-            messages.extend(page)
-            if len(page) < _READ_PAGE:
-                break
-            seq = page[-1].seq + 1
+        messages = self.read_filtered(stream, subject)
         if messages:
             self._remember(subject, _Last.of(messages[-1]))
         return messages
@@ -417,8 +410,8 @@ class JetStreamDatastore:
         return found
 
     def read_filtered(self, stream: str, subjects: str) -> list[StoredMessage]:
-        """Every message on the (wildcard) ``subjects``, in order. A wildcard filter walks the
-        stream's subjects: for start-up reads of rare subjects, not for hot paths."""
+        """Every message on ``subjects``, in order, by batched direct get. A wildcard filter walks
+        the stream's subjects: for start-up reads of rare subjects, not for hot paths."""
         messages: list[StoredMessage] = []
         seq = 1
         while True:
