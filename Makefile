@@ -28,7 +28,7 @@ bench: $(STAMP)
 ## make demo: a Hefei enrollment season end to end (embedded nats-server, ledger serve, 20,000
 ## synthetic residents); the report in the terminal and in data/demo/report.html.
 demo: $(STAMP)
-	$(PY) -m ledger.cli demo --report data/demo/report.html
+	$(PY) -m service.cli demo --report data/demo/report.html
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -32,10 +32,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
-from consumers.ingest import UPSTREAM_STREAM, Delivery, Ingestor, Journal, Verdict, read_parked
+from consumers.ingest import Delivery, Ingestor, Journal, Verdict, read_parked
 from consumers.lease import WriterLease
-from consumers.schemas import SCHEMAS
-from consumers.streams import UPSTREAM_SUBJECTS
+from contract.messages import SCHEMAS
+from contract.subjects import PARKED_RETRY_SUBJECT, UPSTREAM_STREAM, UPSTREAM_SUBJECTS
 from ledger.application import Ledger
 from ledger.jetstream.datastore import Fence, WriterFencedError
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 GAP_WAIT = 0.25
 """Seconds to wait before asking again when earlier messages are still out for redelivery."""
 
-PARKED_RETRY_SUBJECT = "ledger.admin.parked.retry"
 """Request ``{"seqs": [...]}`` (or ``{}`` for all): the writer decides those parked messages again."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from consumers import schemas as s
+from contract import messages as s
 from ledger.application import Actor, Ledger, Outcome
 
 

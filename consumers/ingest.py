@@ -32,8 +32,8 @@ import msgspec
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from consumers.commands import apply
-from consumers.schemas import Text, Upstream, decode
-from consumers.streams import Rejection, encode_rejection
+from contract.messages import Text, Upstream, decode
+from contract.rejection import Rejection, encode_rejection
 from ledger.application import Ledger
 from ledger.domain.refusals import Refusal
 from ledger.jetstream.datastore import Decisions, Fence, WriterFencedError
@@ -41,7 +41,6 @@ from ledger.jetstream.datastore import Decisions, Fence, WriterFencedError
 log = logging.getLogger(__name__)
 
 UNPROCESSABLE = "unprocessable"
-UPSTREAM_STREAM = "UPSTREAM"
 UPSTREAM_SEQ = "Ledger-Upstream-Seq"
 PARKED = "Ledger-Parked"
 

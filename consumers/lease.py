@@ -23,12 +23,18 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
+
+from contract.subjects import WRITER_BUCKET as BUCKET
 
 log = logging.getLogger(__name__)
 
-BUCKET = "ledger_writer"
 
 
 class _Holder(msgspec.Struct):

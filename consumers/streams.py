@@ -8,32 +8,36 @@ decided at: a message is never rejected twice because it is never decided twice.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import msgspec
 
+from contract.subjects import (
+    LEDGER_PREFIX,
+    LEDGER_STREAM,
+    REJECTED_PREFIX,
+    REJECTED_STREAM,
+    UPSTREAM_STREAM,
+    UPSTREAM_SUBJECTS,
+)
 from ledger.jetstream.datastore import StreamSpec
-
-UPSTREAM_SUBJECTS = "upstream.>"
-REJECTED_PREFIX = "ledger.rejected"
 
 
 def upstream_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> StreamSpec:
     return StreamSpec(
-        name="UPSTREAM", subjects=(UPSTREAM_SUBJECTS,), replicas=replicas, duplicate_window_s=duplicate_window_s
+        name=UPSTREAM_STREAM, subjects=(UPSTREAM_SUBJECTS,), replicas=replicas, duplicate_window_s=duplicate_window_s
     )
 
 
 def rejected_spec(
-    replicas: int = 1, duplicate_window_s: float = 3600.0, *, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger"
+    replicas: int = 1, duplicate_window_s: float = 3600.0, *, ledger_stream: str = LEDGER_STREAM, ledger_prefix: str = LEDGER_PREFIX
 ) -> StreamSpec:
     """REJECTED, derived by the server from the rejections the ingestion records on LEDGER
     (``<prefix>.rej.<reason>``, in the same atomic append as the batch's events and position):
     it has no subjects of its own, so nobody publishes into it, and it holds exactly what LEDGER
     holds."""
     return StreamSpec(
-        name="REJECTED",
+        name=REJECTED_STREAM,
         subjects=(),
         replicas=replicas,
         duplicate_window_s=duplicate_window_s,
@@ -41,71 +45,7 @@ def rejected_spec(
     )
 
 
-class Rejection(msgspec.Struct, frozen=True, kw_only=True):
-    """A refused upstream message as stored on ``ledger.rejected.<reason>`` (contract.md)."""
-
-    msg_id: str | None
-    subject: str
-    reason: str
-    detail: str
-    payload: str
-    """The original bytes, base64."""
-    upstream_seq: int
-    person_key: str | None = None
-
-    @classmethod
-    def of(
-        cls,
-        *,
-        msg_id: str | None,
-        subject: str,
-        reason: str,
-        detail: str,
-        data: bytes,
-        upstream_seq: int,
-        person_key: str | None = None,
-    ) -> Rejection:
-        return cls(
-            msg_id=msg_id,
-            subject=subject,
-            reason=reason,
-            detail=detail,
-            payload=base64.b64encode(data).decode(),
-            upstream_seq=upstream_seq,
-            person_key=person_key,
-        )
-
-    @property
-    def original(self) -> bytes:
-        return base64.b64decode(self.payload)
-
-    def fitting(self, max_bytes: int) -> Rejection:
-        """This rejection, or, when it would not fit in a NATS message of ``max_bytes`` (a body
-        near the server's ``max_payload`` grows by a third in base64), one whose payload is the
-        first bytes of the original, as many as fit; the detail says so. The whole message stays
-        on UPSTREAM at ``upstream_seq``."""
-        size = len(encode_rejection(self))
-        if size <= max_bytes:
-            return self
-        original = self.original
-        note = f" (payload: the first {{}} of {len(original)} bytes; the whole message is UPSTREAM sequence {self.upstream_seq})"
-        room = max_bytes - (size - len(self.payload)) - len(note) - 32
-        keep = max(0, room) // 4 * 3
-        return msgspec.structs.replace(
-            self,
-            detail=self.detail + note.format(keep),
-            payload=base64.b64encode(original[:keep]).decode(),
-        )
-
-    def headers(self) -> dict[str, str]:
-        return {"Nats-Msg-Id": f"rejected/{self.upstream_seq}"}
-
-
-encode_rejection = msgspec.json.Encoder().encode
-decode_rejection: Any = msgspec.json.Decoder(Rejection).decode
-
-
-async def rejections_recorded(request: Any, *, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger") -> int:
+async def rejections_recorded(request: Any, *, ledger_stream: str = LEDGER_STREAM, ledger_prefix: str = LEDGER_PREFIX) -> int:
     """How many rejections LEDGER holds (``<prefix>.rej.>``); ``request`` as for
     ``rejected_caught_up``."""
     info = msgspec.json.decode(
@@ -121,7 +61,7 @@ cluster failed the server re-creates its source consumer with a back-off of 10 s
 
 
 async def rejected_caught_up(
-    request: Any, *, timeout: float = SOURCE_CATCH_UP, ledger_stream: str = "LEDGER", ledger_prefix: str = "ledger"
+    request: Any, *, timeout: float = SOURCE_CATCH_UP, ledger_stream: str = LEDGER_STREAM, ledger_prefix: str = LEDGER_PREFIX
 ) -> int:
     """Wait until REJECTED holds every rejection LEDGER holds (the server copies them a moment
     after they are recorded, longer after a node failure: ``SOURCE_CATCH_UP``); return how many
@@ -132,7 +72,7 @@ async def rejected_caught_up(
     deadline = time.monotonic() + timeout
     while True:
         recorded = await rejections_recorded(request, ledger_stream=ledger_stream, ledger_prefix=ledger_prefix)
-        rejected = msgspec.json.decode(await request("$JS.API.STREAM.INFO.REJECTED", b""))
+        rejected = msgspec.json.decode(await request(f"$JS.API.STREAM.INFO.{REJECTED_STREAM}", b""))
         held = int(rejected.get("state", {}).get("messages", 0))
         if held >= recorded:
             return recorded

@@ -27,19 +27,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from contract.subjects import CHANGED_PREFIX, COVERAGE_BUCKET, COVERAGE_STREAM
+from contract.subjects import LEDGER_SEQ_HEADER as LEDGER_SEQ
+from contract.subjects import LEDGER_SOURCE_HEADER as LEDGER_SOURCE
 from ledger.jetstream.client import NatsClient
 from ledger.jetstream.datastore import StreamSpec
 from projections.database import Database
 
 log = logging.getLogger("ledger.downstream")
 
-COVERAGE_BUCKET = "coverage"
-COVERAGE_STREAM = "COVERAGE"
-CHANGED_PREFIX = "coverage.changed"
-LEDGER_SEQ = "Ledger-Seq"
-"""Header of both targets' messages: the ledger sequence of the change."""
-LEDGER_SOURCE = "Ledger-Source"
-"""Header of both targets' messages: the ledger stream it comes from (``<stream>@<created>``)."""
 
 
 def coverage_stream_spec(replicas: int = 1, duplicate_window_s: float = 600.0) -> StreamSpec:

@@ -25,12 +25,15 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import reduce
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from faststream.nats import NatsBroker
 
-from consumers.schemas import Documented, check_days, check_utf8
+from contract.coverage import CoverageRequest
+from contract.messages import check_utf8
+from contract.subjects import COVERAGE_QUERY
+from contract.subjects import COVERAGE_QUERY_GROUP as QUEUE_GROUP
 from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
 from ledger.domain.identity import ResidentId
 from ledger.domain.person import person_id
@@ -42,19 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ledger.queries")
 
-COVERAGE_QUERY = "coverage.query"
-QUEUE_GROUP = "ledger-coverage-query"
-
-
-class CoverageRequest(Documented, frozen=True, kw_only=True):
-    """A coverage question: ``as_of`` asks what the ledger knew at that recorded time."""
-
-    id_number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    date: date
-    as_of: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
-
-    def __post_init__(self) -> None:
-        check_days(self, ("date", "as_of"))  # the days upstream messages may carry, no others
 
 
 _decode_request = msgspec.json.Decoder(CoverageRequest).decode

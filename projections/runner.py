@@ -23,7 +23,8 @@ import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import ProjectionRunner
 
-from consumers.streams import decode_rejection
+from contract.rejection import decode_rejection
+from contract.subjects import LEDGER_STREAM, REJECTED_STREAM
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
 from ledger.jetstream.client import server_urls
@@ -34,7 +35,6 @@ from projections.views import REJECTED_TRACKING, LedgerViews
 
 log = logging.getLogger("ledger.projections")
 
-REJECTED_STREAM = "REJECTED"
 
 
 def views_env(ledger_env: dict[str, str], views_url: str) -> dict[str, str]:
@@ -186,7 +186,7 @@ class Projections:
     ) -> None:
         """``standby``: keep the outbox (with ``publish``) but publish it only once
         ``publisher.activate()`` is called (a standby taking over)."""
-        source = stream_source(nats_url, ledger_env.get("NATS_STREAM", "LEDGER"))
+        source = stream_source(nats_url, ledger_env.get("NATS_STREAM", LEDGER_STREAM))
         if source is not None:
             views = LedgerViews(Database.open(views_url))
             try:

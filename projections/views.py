@@ -33,9 +33,10 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType
 
+from contract.subjects import REJECTED_STREAM
 from projections.database import Database
 
-REJECTED_TRACKING = "REJECTED"
+REJECTED_TRACKING = REJECTED_STREAM
 """The tracking row of the rejections reader (the REJECTED stream's sequence)."""
 
 SCHEMA = """

@@ -47,7 +47,7 @@ async def run(url: str, stream: str, durable: str, batch: int) -> int:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(batch, timeout=FETCH_TIMEOUT)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 # nats-py raises either when a fetch times out (asyncio's from its pull loop).
                 continue
             for msg in msgs:

@@ -277,7 +277,7 @@ def _env() -> dict[str, str]:
 
 def serve_command(url: str, batch: int, data_dir: Path) -> list[str]:
     entry = Path(sys.executable).with_name("ledger")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "ledger.cli"]
+    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "service.cli"]
     return [*base, "serve", "--nats-url", url, "--batch-size", str(batch), "--data-dir", str(data_dir)]
 
 

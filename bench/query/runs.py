@@ -210,7 +210,7 @@ def _brief(run: Run) -> str:
 
 def serve_command(url: str, data_dir: Path) -> list[str]:
     entry = Path(sys.executable).with_name("ledger")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "ledger.cli"]
+    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "service.cli"]
     return [*base, "serve", "--nats-url", url, "--data-dir", str(data_dir)]
 
 

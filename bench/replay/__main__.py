@@ -13,15 +13,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.ingest.machine import IngestWatch
 from bench.replay import runs
 from bench.replay.season import KIND_NAMES, SEASON_DAYS, Generated, Plan, generate, plan_for_events, season_for
-from bench.store.backends import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, find_postgres, postgres_settings
 from bench.store.__main__ import server_version
+from bench.store.backends import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, find_postgres, postgres_settings
 from ledger.domain.policy import load_policy
 from ledger.jetstream.server import EmbeddedNatsServer
 from projections.projection import LedgerProjection
@@ -104,7 +104,7 @@ def describe_season(plan: Plan, generated: Generated, copied: runs.Copied) -> li
         f"  Refused by the ledger, as planned, and recorded on REJECTED: {refused}"
         + (f"; {generated.unplanned_refusals:,} refusals NOT planned (a bug in the season)" if generated.unplanned_refusals else "")
         + ".",
-        f"  Facts by kind: " + ", ".join(f"{n:,} {KIND_NAMES[k]}" for k, n in sorted(_count(f[1] for f in plan.facts[: generated.facts_applied]).items())) + ".",
+        "  Facts by kind: " + ", ".join(f"{n:,} {KIND_NAMES[k]}" for k, n in sorted(_count(f[1] for f in plan.facts[: generated.facts_applied]).items())) + ".",
         f"Stream LEDGER: {copied.events:,} events ({copied.state_bytes / max(copied.events, 1):,.0f} bytes of state "
         f"each on average); REJECTED: {copied.rejections:,} messages.",
         "  Events by type: " + ", ".join(f"{t} {n:,}" for t, n in copied.event_types.most_common()) + ".",
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
-    season = season_for(datetime.now(timezone.utc), load_policy())
+    season = season_for(datetime.now(UTC), load_policy())
     for note in season.notes:
         log(f"note: {note}")
     log(f"planning a season of at least {args.events:,} ledger events ...")

@@ -18,7 +18,8 @@ from eventsourcing.projection import ApplicationSubscription
 
 from bench.replay.season import ENROLL, PAY, SECRET, Generated
 from bench.store.machine import _cpu_seconds
-from consumers.streams import REJECTED_PREFIX, Rejection, encode_rejection
+from contract.rejection import Rejection, encode_rejection
+from contract.subjects import REJECTED_PREFIX
 from ledger.application import PERSON_KEY_SECRET, Ledger
 from ledger.domain.identity import PersonKeyer
 from ledger.domain.policy import RegionPolicy
@@ -204,12 +205,11 @@ def application_subscription(url: str, policy: RegionPolicy, server_pid: int | N
     try:
         end = app.recorder.max_notification_id() or 0
         count = 0
-        with Clock(server_pid) as clock:
-            with ApplicationSubscription(app, gt=None) as subscription:
-                for _event, tracking in subscription:
-                    count += 1
-                    if tracking.notification_id >= end:
-                        break
+        with Clock(server_pid) as clock, ApplicationSubscription(app, gt=None) as subscription:
+            for _event, tracking in subscription:
+                count += 1
+                if tracking.notification_id >= end:
+                    break
     finally:
         app.close()
     return Read("ApplicationSubscription (decode + map)", count, clock.seconds, clock.cpu, clock.server_cpu)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
 
 

@@ -367,7 +367,7 @@ class NatsClient:
         try:
             # nats-py retries a first connection as long as reconnects; a wrong URL must be told.
             await asyncio.wait_for(connecting, connect_timeout * 2)
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise NatsUnavailableError(
                 f"cannot connect to NATS at {url}: no server answered within {connect_timeout * 2:g}s"
             ) from e
@@ -484,7 +484,7 @@ class NatsClient:
             )
             try:
                 return await asyncio.wait_for(waiter.future, self.timeout)
-            except asyncio.TimeoutError as e:
+            except TimeoutError as e:
                 raise NatsUnavailableError(
                     f"direct get on stream {stream} was not answered in time "
                     "(is the stream there, with allow_direct?)"
@@ -580,7 +580,7 @@ class NatsClient:
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             self._wake.clear()
 

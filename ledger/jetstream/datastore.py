@@ -17,6 +17,7 @@ real conflict raises the library's ``IntegrityError``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -24,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -37,7 +37,6 @@ from eventsourcing.persistence import (
     StoredEvent,
     Tracking,
 )
-
 from nats.aio.msg import Msg
 
 from ledger.jetstream.client import (

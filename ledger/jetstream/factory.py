@@ -36,7 +36,6 @@ from ledger.jetstream.recorders import (
 )
 from ledger.jetstream.transcoder import MsgspecTranscoder, register_default_transcodings
 
-
 R = TypeVar("R", JetStreamApplicationRecorder, JetStreamTrackingRecorder, JetStreamProcessRecorder)
 
 

@@ -12,14 +12,13 @@ gaps (``EXPECT_CONTIGUOUS_NOTIFICATION_IDS`` does not hold for it).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 from uuid import UUID
 
@@ -39,9 +38,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ledger.jetstream.datastore import (
     TOPIC,
-    Decisions,
     TRACKING_ID,
     VERSION,
+    Decisions,
     JetStreamDatastore,
     StreamSpec,
 )

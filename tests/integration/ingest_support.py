@@ -18,7 +18,8 @@ from typing import Any
 
 import nats
 
-from consumers.streams import decode_rejection, rejected_caught_up
+from consumers.streams import rejected_caught_up
+from contract.rejection import decode_rejection
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer, generate_id_number
 
@@ -175,7 +176,7 @@ class ServeProcess:
         env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", self.url, "--batch-size", str(self.batch_size),
+            [sys.executable, "-m", "service.cli", "serve", "--nats-url", self.url, "--batch-size", str(self.batch_size),
              "--data-dir", str(self.data_dir)],
             cwd=ROOT,
             env=env,
@@ -246,7 +247,7 @@ class StatefulSeason:
         published = [m.nats_msg_id for m in self.messages]
         stored = [msg_id for _, _, msg_id in order]
         if stored != published:
-            first = next((i for i, (a, b) in enumerate(zip(stored, published)) if a != b), min(len(stored), len(published)))
+            first = next((i for i, (a, b) in enumerate(zip(stored, published, strict=False)) if a != b), min(len(stored), len(published)))
             raise AssertionError(
                 f"UPSTREAM holds {len(stored)} messages, {len(published)} published; first difference at index {first}: "
                 f"{stored[first:first + 3]} stored, {published[first:first + 3]} published"

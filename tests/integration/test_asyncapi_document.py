@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from consumers.schemas import SCHEMAS
-from ledger.cli import asyncapi_text
+from contract.messages import SCHEMAS
+from service.cli import asyncapi_text
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 

@@ -31,7 +31,7 @@ def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     # When the demo runs at a small size
     demo = _run(
-        [sys.executable, "-m", "ledger.cli", "demo", "--people", str(PEOPLE), "--report", "data/demo/report.html"],
+        [sys.executable, "-m", "service.cli", "demo", "--people", str(PEOPLE), "--report", "data/demo/report.html"],
         tmp_path,
     )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]

@@ -39,7 +39,7 @@ class Account(Aggregate):
 
 
 class Bank(Application[UUID]):
-    snapshotting_intervals = {Account: 5}  # noqa: RUF012 - the library's convention
+    snapshotting_intervals = {Account: 5}
 
     def open(self, holder: str) -> UUID:
         account = Account(holder)

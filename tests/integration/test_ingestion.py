@@ -17,10 +17,10 @@ from faststream.nats import NatsBroker
 
 from consumers.app import IngestService, IngestSettings
 from ledger.application import Ledger
-from ledger.cli import ensure_ingest_streams
 from ledger.domain.cash import collector_id
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.server import EmbeddedNatsServer
+from service.bootstrap import ensure_ingest_streams
 from tests.integration.ingest_support import (
     SECRET,
     T0,

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from ledger.jetstream.client import OutcomeUnknownError
-
 from consumers.ingest import UNPROCESSABLE, Delivery, Ingestor, Journal, read_parked
 from ledger.application import Actor, Ledger
 from ledger.domain.identity import PersonKeyer
+from ledger.jetstream.client import OutcomeUnknownError
 from ledger.jetstream.datastore import Fence, WriterFencedError
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.conftest import unique_names

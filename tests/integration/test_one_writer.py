@@ -19,7 +19,7 @@ from tests.trust.cluster import LedgerServe
 
 def _status(url: str, data_dir: Path) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "status", "--nats-url", url, "--data-dir", str(data_dir), "--format", "json"],
+        [sys.executable, "-m", "service.cli", "status", "--nats-url", url, "--data-dir", str(data_dir), "--format", "json"],
         cwd=ROOT, env={**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -38,14 +38,14 @@ def test_a_second_serve_on_the_same_data_directory_refuses_and_leaves_the_first_
     data = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--data-dir", str(data)], cwd=ROOT, env=env,
+        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data)], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         wait_for(lambda: (data / "serve.url").exists() or first.poll() is not None, 60, "the first serve")
         url = (data / "serve.url").read_text()
         second = subprocess.run(
-            [sys.executable, "-m", "ledger.cli", "serve", "--data-dir", str(data)], cwd=ROOT, env=env,
+            [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data)], cwd=ROOT, env=env,
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert second.returncode != 0

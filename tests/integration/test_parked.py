@@ -17,9 +17,9 @@ from faststream.nats import NatsBroker
 
 from consumers.app import IngestService, IngestSettings
 from ledger.application import Ledger
-from ledger.cli import ensure_ingest_streams
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.server import EmbeddedNatsServer
+from service.bootstrap import ensure_ingest_streams
 from tests.integration.ingest_support import ROOT, SECRET, T0, people, publish_all
 
 ALICE, BOB = people(2, "parked")
@@ -38,7 +38,7 @@ class PaymentsBrokenUntilFixed(Ledger):
 
 def ledger_cli(url: str, *args: str) -> Any:
     done = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "parked", *args, "--nats-url", url, "--format", "json"],
+        [sys.executable, "-m", "service.cli", "parked", *args, "--nats-url", url, "--format", "json"],
         cwd=ROOT, env={**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

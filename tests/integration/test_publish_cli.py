@@ -20,7 +20,7 @@ ROSTER = "msg_id,occurred_at,id_number,coverage_year,subsidy_category,department
 
 def publish(url: str, subject: str, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "publish", subject, str(path), "--nats-url", url],
+        [sys.executable, "-m", "service.cli", "publish", subject, str(path), "--nats-url", url],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
 
@@ -97,7 +97,7 @@ def test_a_missing_file_and_a_missing_server_are_one_line_errors(tmp_path: Path)
     lines.write_text('{"msg_id": "p1"}\n', encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     no_server = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "publish", "upstream.payment.received", str(lines), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "service.cli", "publish", "upstream.payment.received", str(lines), "--data-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert no_server.returncode != 0 and "no NATS server" in no_server.stderr and "Traceback" not in no_server.stderr
@@ -110,7 +110,7 @@ def test_the_log_level_may_follow_the_command(tmp_path: Path) -> None:
     """`ledger COMMAND --log-level warning` is accepted as `ledger --log-level warning COMMAND`
     is (argparse used to refuse it: "unrecognized arguments")."""
     run = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "status", "--log-level", "warning", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "service.cli", "status", "--log-level", "warning", "--data-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "unrecognized arguments" not in run.stderr

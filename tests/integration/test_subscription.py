@@ -79,7 +79,7 @@ def test_falling_back_from_live_to_pages_never_delivers_a_notification_twice_or_
     writer.join(30)
 
     duplicates = len(received) - len(set(received))
-    disordered = sum(1 for a, b in zip(received, received[1:]) if b <= a)
+    disordered = sum(1 for a, b in zip(received, received[1:], strict=False) if b <= a)
     assert duplicates == 0 and disordered == 0, (
         f"{duplicates} delivered twice, {disordered} out of order in {len(received)} "
         f"({subscription.fell_behind} fallbacks to pages)"
@@ -159,7 +159,7 @@ def append_when_possible(recorder: recorders.JetStreamApplicationRecorder, timeo
             started = time.monotonic()
             (seq,) = recorder.insert_events(events(1)) or (0,)
             return seq, started
-        except Exception:  # noqa: BLE001 - the client is still reconnecting, JetStream recovering
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

@@ -215,7 +215,7 @@ class Office:
 
         async def run() -> None:
             broker = NatsBroker(self.url, logger=None)
-            service = IngestService(ledger or self.ledger, broker, INGEST_SETTINGS, on_batch=collect)
+            IngestService(ledger or self.ledger, broker, INGEST_SETTINGS, on_batch=collect)
             await broker.connect()
             await _ensure_ingest_streams(self.url)
             await broker.start()

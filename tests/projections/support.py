@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from consumers.streams import Rejection, encode_rejection
+from contract.rejection import Rejection, encode_rejection
 from ledger.application import PERSON_KEY_SECRET, Ledger
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.jetstream.datastore import StreamSpec

@@ -18,9 +18,9 @@ import pytest
 from ledger.application import Actor, Ledger
 from projections.database import Database
 from projections.fraud import FraudRules
-from tests.projections.support import World, views_url, world  # noqa: F401
+from tests.projections.support import World, views_url, world
 from tests.scenario.conftest import at
-from tests.scenario.steps_status import Y, People, new_msg_id
+from tests.scenario.steps_status import People, Y, new_msg_id
 
 OPERATOR = Actor(system="community", channel="community_qr", operator_id="op-atomic-01", org_id="340104-sq-12")
 HOME = "340104"

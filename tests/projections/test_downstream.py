@@ -16,11 +16,11 @@ from typing import Any
 import nats
 import pytest
 
-from projections.downstream import CHANGED_PREFIX, COVERAGE_BUCKET, COVERAGE_STREAM
+from contract.subjects import CHANGED_PREFIX, COVERAGE_BUCKET, COVERAGE_STREAM
 from projections.queries import answer_query
-from tests.projections.support import World, world  # noqa: F401
+from tests.projections.support import World, world
 from tests.scenario.conftest import at
-from tests.scenario.steps_status import STANDARD_Y, Y, People, death, enroll, now_between_facts, pay
+from tests.scenario.steps_status import STANDARD_Y, People, Y, death, enroll, now_between_facts, pay
 
 HOME = "340104"
 

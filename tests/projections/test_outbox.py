@@ -19,12 +19,15 @@ from typing import Any
 import nats
 import pytest
 
+from contract.subjects import CHANGED_PREFIX, COVERAGE_BUCKET, COVERAGE_STREAM
+from contract.subjects import LEDGER_SEQ_HEADER as LEDGER_SEQ
+from contract.subjects import LEDGER_SOURCE_HEADER as LEDGER_SOURCE
 from projections.database import Database
-from projections.downstream import CHANGED_PREFIX, COVERAGE_BUCKET, COVERAGE_STREAM, LEDGER_SEQ, LEDGER_SOURCE, CoveragePublisher
+from projections.downstream import CoveragePublisher
 from projections.runner import Projections, stream_source
-from tests.projections.support import World, world  # noqa: F401
+from tests.projections.support import World, world
 from tests.scenario.conftest import at
-from tests.scenario.steps_status import STANDARD_Y, Y, People, death, enroll, pay
+from tests.scenario.steps_status import STANDARD_Y, People, Y, death, enroll, pay
 
 
 @pytest.fixture

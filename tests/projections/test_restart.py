@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 import pytest
 
 from ledger.jetstream.server import EmbeddedNatsServer
-from tests.projections.support import World, world  # noqa: F401
+from tests.projections.support import World, world
 from tests.scenario.conftest import at
-from tests.scenario.steps_status import Y, People, enroll, register
+from tests.scenario.steps_status import People, Y, enroll, register
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def retried(action: Callable[[], T], timeout: float = 30.0) -> T:
     while True:
         try:
             return action()
-        except Exception:  # noqa: BLE001 - still reconnecting, JetStream still recovering
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

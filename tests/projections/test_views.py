@@ -18,13 +18,13 @@ from ledger.application import Actor
 from projections import reports
 from projections.database import Database
 from projections.runner import Projections
-from tests.projections.support import World, another_url, drop_schema, dump, views_url, world  # noqa: F401
+from tests.projections.support import World, another_url, drop_schema, dump, views_url, world
 from tests.scenario.conftest import at
 from tests.scenario.steps_status import (
     COMMUNITY_CASH,
     STANDARD_Y,
-    Y,
     People,
+    Y,
     death,
     employee_insurance,
     enroll,

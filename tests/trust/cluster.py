@@ -456,7 +456,7 @@ class LedgerServe:
         env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", self.url, "--batch-size",
+                [sys.executable, "-m", "service.cli", "serve", "--nats-url", self.url, "--batch-size",
                  str(self.batch_size), "--data-dir", str(self.data_dir), *self.extra],
                 cwd=ROOT, env=env, stdout=log, stderr=log,
             )  # fmt: skip
@@ -674,7 +674,7 @@ def serve_env() -> dict[str, str]:
 
 def replay_command(url: str, tmp_path: Path, name: str, data_dir: Path | None = None) -> list[str]:
     """``ledger replay`` into ``tmp_path/name.sqlite``."""
-    return [sys.executable, "-m", "ledger.cli", "replay", "--views", f"sqlite:///{tmp_path / (name + '.sqlite')}",
+    return [sys.executable, "-m", "service.cli", "replay", "--views", f"sqlite:///{tmp_path / (name + '.sqlite')}",
             "--nats-url", url, "--data-dir", str(data_dir or tmp_path / "data")]  # fmt: skip
 
 

@@ -37,14 +37,20 @@ from tests.trust.cluster import (
     last_event_seq,
     outcome_figures,
     publish_reliably,
-    replay_command as _replay_command,
     report,
-    run_replay as _replay,
-    serve_env as _env,
     stream_messages,
     views_caught_up,
     views_state,
     wait_until,
+)
+from tests.trust.cluster import (
+    replay_command as _replay_command,
+)
+from tests.trust.cluster import (
+    run_replay as _replay,
+)
+from tests.trust.cluster import (
+    serve_env as _env,
 )
 
 pytestmark = pytest.mark.fault

@@ -2,7 +2,7 @@
 
 Two layers:
 
-- **fast** (no server, many examples): for every subject of ``consumers.schemas.SCHEMAS``,
+- **fast** (no server, many examples): for every subject of ``contract.messages.SCHEMAS``,
   hypothesis builds a valid message of the contract and mutates it — one field given the wrong
   type, a huge string, a negative or overflowing amount, a date or time out of range or without
   its offset, invalid UTF-8, JSON nested 10,000 levels deep, NaN/Infinity, a missing field, a
@@ -19,7 +19,7 @@ Two layers:
   an ``{"error": …}`` reply (never a timeout, never ``unavailable``).
 
 Days out of the range a message may carry (1900-01-01 to 2199-12-31 in China Standard Time,
-``consumers.schemas.EARLIEST``/``LATEST``) count as malformed, like days that do not exist.
+``contract.messages.EARLIEST``/``LATEST``) count as malformed, like days that do not exist.
 
 Each mutation states what it must lead to, judged without the product's own decoder: ``malformed``
 (certainly not a well-formed message of the contract: wrong type, broken JSON, not UTF-8, a
@@ -58,14 +58,15 @@ from hypothesis import strategies as st
 
 from consumers.app import IngestService, IngestSettings
 from consumers.ingest import Delivery, Ingestor, Verdict
-from consumers.schemas import SCHEMAS
+from contract.coverage import CoverageRequest
+from contract.messages import SCHEMAS
 from ledger.application import Actor, Ledger
-from ledger.cli import ensure_ingest_streams
 from ledger.domain.identity import PersonKeyer, generate_id_number
 from ledger.domain.policy import load_policy
 from ledger.domain.refusals import REASONS
 from ledger.jetstream.server import EmbeddedNatsServer
-from projections.queries import CoverageAnswerer, CoverageQueryService, CoverageRequest
+from projections.queries import CoverageAnswerer, CoverageQueryService
+from service.bootstrap import ensure_ingest_streams
 from tests.integration.ingest_support import rejections
 
 SECRET = b"fuzz-secret-fuzz-secret"
@@ -90,7 +91,7 @@ FUZZ_KINDS: Counter[tuple[str, str]] = Counter()
 REAL_CASES: Counter[str] = Counter()
 """Bodies published per subject, and hostile requests sent to coverage.query (real layer)."""
 
-# ---- the contract, written out independently of consumers.schemas ---------------------------
+# ---- the contract, written out independently of contract.messages ---------------------------
 
 CATEGORIES = {"resident", "minor_of_employee", "residence_permit", "student", "university_new",
               "foreign_expert_family", "newborn", "cross_scheme", "veteran", "assistance_new"}  # fmt: skip
@@ -230,7 +231,7 @@ Value = tuple[bytes, str, str]
 
 extreme_dates = st.dates(date(1900, 1, 1), date(2199, 12, 31)) | st.dates() | st.sampled_from(
     [date(1, 1, 1), date(9999, 12, 31), date(1900, 1, 1), date(2199, 12, 31), date(2000, 2, 29)])  # fmt: skip
-"""Real days, mostly those a message may carry (1900–2199, consumers.schemas), some far outside."""
+"""Real days, mostly those a message may carry (1900–2199, contract.messages), some far outside."""
 
 HUGE_SIZES = [10_000, 100_000, 1_000_000]
 huge_text = st.builds(
@@ -309,7 +310,7 @@ BAD_DATES = ["0000-01-01", "2021-02-30", "2021-02-29", "2021-13-01", "2021-00-10
              "２０２１-01-01", "2021-01-01T00:00:00+08:00", "", " 2021-01-01", "2021-01-01 ", "yesterday",
              "0001-01-01", "9999-12-31", "1899-12-31", "2200-01-01"]  # fmt: skip
 """Not ``YYYY-MM-DD`` calendar dates (contract: dates ``YYYY-MM-DD``), or out of the range a
-message's days may fall in (1900–2199, ``consumers.schemas.EARLIEST``/``LATEST``)."""
+message's days may fall in (1900–2199, ``contract.messages.EARLIEST``/``LATEST``)."""
 BAD_TIMES = ["2021-09-02T10:00:00", "2021-09-02T10:00:00.123", "2021-09-02", "2021-09-02T10:00", "10:00:00+08:00",
              "2021-09-02T10:00:00+08", "2021-09-02T10:00:00+0800x", "2021-09-02T24:00:01+08:00",
              "2021-09-02T10:60:00+08:00", "2021-09-02T10:00:00+24:00", "0000-01-01T00:00:00+08:00",
@@ -683,7 +684,7 @@ def check_reply(case: Case, raw: bytes) -> dict[str, Any]:
         if case.expect == "malformed":
             assert reply["error"] == "malformed", reply
     else:
-        assert REPLY_KEYS <= reply.keys(), reply
+        assert reply.keys() >= REPLY_KEYS, reply
         assert case.expect in ("recorded", "any"), (case, reply)
         assert reply["status"] in ("not_enrolled", "awaiting_payment", "enrolled", "ended")
         assert _strict_object(case.body) is not None

@@ -484,7 +484,7 @@ def test_auditor_can_replay(deployed: DeployServer, tmp_path: Path) -> None:
     """``ledger replay`` as the auditor: read-only permissions are enough to rebuild the views."""
     env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "replay", "--nats-url", deployed.url("auditor"),
+        [sys.executable, "-m", "service.cli", "replay", "--nats-url", deployed.url("auditor"),
          "--data-dir", str(tmp_path), "--views", f"sqlite:///{tmp_path / 'audit.sqlite'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """Personal data: no raw ID number, name or phone number in any subject, header, log line or KV
 key after a demo-sized season; and payload encryption, switched on by configuration, end to end.
 
-The same synthetic season (``ledger.demo.season.simulate``, 300 residents, the demo's seed) is run
+The same synthetic season (``simulation.season.simulate``, 300 residents, the demo's seed) is run
 twice through the real ingestion (embedded nats-server, ``ledger serve`` in its own process with
 debug logging, coverage questions on ``coverage.query``):
 
@@ -35,12 +35,12 @@ from typing import Any
 import nats
 import pytest
 
-from ledger.demo.season import Season, simulate
+from consumers.streams import wait_for_rejected
 from ledger.domain.policy import DEFAULT_POLICY, load_policy
 from ledger.jetstream.server import EmbeddedNatsServer
+from simulation.season import Season, simulate
 from tests.integration.ingest_support import ingestion_finished, wait_for
 from tests.trust.cluster import last_event_seq
-from consumers.streams import wait_for_rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 PEOPLE = 300
@@ -105,7 +105,7 @@ class SeasonRun:
 
     def ledger_cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "ledger.cli", *args], cwd=ROOT, env=env or self.env, capture_output=True, text=True,
+            [sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env or self.env, capture_output=True, text=True,
             timeout=60,
         )  # fmt: skip
         self.cli_output.append(result.stderr)
@@ -122,7 +122,7 @@ def run_season(directory: Path, *, cipher_key_file: Path | None = None) -> Seaso
     env.pop("LEDGER_CIPHER_KEY", None)
     env.pop("LEDGER_CIPHER_KEY_FILE", None)
     run = SeasonRun(directory, server, env)
-    command = [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", server.url, "--data-dir", str(directory)]
+    command = [sys.executable, "-m", "service.cli", "serve", "--nats-url", server.url, "--data-dir", str(directory)]
     if cipher_key_file is not None:
         command += ["--cipher-key-file", str(cipher_key_file)]
         run.env = {**env, "LEDGER_CIPHER_KEY_FILE": str(cipher_key_file)}  # for the other commands

@@ -12,10 +12,10 @@ from eventsourcing.persistence import JSONTranscoder, Transcoder, Transcoding, U
 from eventsourcing.tests.persistence import (
     CustomType1AsDict,
     CustomType2AsDict,
+    Mydict,
     MyInt,
     MyList,
     MyStr,
-    Mydict,
     TranscoderTestCase,
 )
 

@@ -10,7 +10,7 @@ from datetime import date
 import pytest
 
 from consumers.commands import apply
-from consumers.schemas import SCHEMAS, decode
+from contract.messages import SCHEMAS, decode
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer, generate_id_number
 from ledger.domain.refusals import Malformed

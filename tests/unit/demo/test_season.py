@@ -1,4 +1,4 @@
-"""The demo season (``ledger.demo.season``): deterministic, every message as the contract says,
+"""The demo season (``simulation.season``): deterministic, every message as the contract says,
 the documented mix of people, and, applied to a real ``Ledger`` in memory, exactly the refusals
 it announces; the fraud rules then flag exactly the cases it planted.
 
@@ -18,15 +18,15 @@ import pytest
 from eventsourcing.persistence import Tracking
 
 from consumers.commands import apply
-from consumers.schemas import SCHEMAS, decode
+from contract.messages import SCHEMAS, decode
 from ledger.application import Ledger
-from ledger.demo.season import Season, simulate
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.refusals import Malformed, Refusal
 from projections.database import Database
 from projections.fraud import RULES
 from projections.projection import LedgerProjection
 from projections.views import LedgerViews
+from simulation.season import Season, simulate
 
 Y = 2022
 """The coverage year Hefei's table ends with (funding year 2021)."""

@@ -23,7 +23,7 @@ from ledger.domain.refusals import InvalidIdNumber
 SEED = 20210901
 SECRET = b"a test secret, 32 bytes long...."
 MESSAGE_DATE = date(2021, 9, 1)
-HEFEI_DIVISIONS = "340102 340103 340104 340111 340121 340122 340123 340124 340181".split()
+HEFEI_DIVISIONS = ["340102", "340103", "340104", "340111", "340121", "340122", "340123", "340124", "340181"]
 
 
 def number_of(first17: str) -> str:

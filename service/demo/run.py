@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ledger.demo.season import Season, simulate
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.policy import RegionPolicy
+from simulation.season import Season, simulate
 
 MARKER = "demo.json"
 COVERAGE_YEAR = 2022
@@ -58,8 +58,8 @@ def run_demo(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the whole demo; returns its summary (also written to ``DATA_DIR/demo.json``)."""
-    from ledger.cli import local_secret
     from ledger.jetstream.server import EmbeddedNatsServer
+    from service.bootstrap import local_secret
 
     prepare(data_dir)
     (data_dir / MARKER).write_text(json.dumps({"status": "running", "people": people, "seed": seed}))
@@ -102,7 +102,7 @@ def _start_serve(url: str, data_dir: Path, secret: str) -> subprocess.Popen[byte
     log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - the child keeps it
     env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": secret}
     process = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--nats-url", url, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "service.cli", "serve", "--nats-url", url, "--data-dir", str(data_dir)],
         stdout=log,
         stderr=log,
         env=env,
@@ -226,8 +226,8 @@ def _report(
 ) -> dict[str, Any]:
     from datetime import date
 
-    from ledger.demo.report import gather, print_report, write_html
     from projections.database import Database
+    from service.demo.report import gather, print_report, write_html
 
     planted = []
     for case in season.planted:
@@ -315,7 +315,13 @@ class _Progress:
             if self.quiet:
                 yield lambda n: None
                 return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             with Progress(TextColumn(f"{title:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
                 task = bar.add_task(title, total=total)

@@ -1019,7 +1019,6 @@ class _Simulation:
 
     def _never(self, person: _Person) -> None:
         """Never covered: most do nothing; some enroll and never pay; some come too late."""
-        rng = self.rng
         reason = "outside_enrollment_period" if self.refuses_late else None
         if person.trouble == "late_enrollment":
             day = self._between(date(self.Y, 1, 5), date(self.Y, 6, 30))

@@ -1,0 +1,374 @@
+"""``ledger``: run the enrollment ledger and talk to it.
+
+    ledger serve   [--nats-url URL] [--data-dir DIR] [--views URL] …    run the service
+    ledger publish SUBJECT FILE.jsonl [--nats-url URL]                   publish contract messages
+    ledger coverage ID_NUMBER [--date D] [--as-of T]                     is this person covered?
+    ledger audit ID_NUMBER                                               a person's history and flags
+    ledger report [--district D] [--year Y]                              districts, funds, cash, flags
+    ledger replay [--until T] [--views URL]                              rebuild every view afresh
+    ledger verify [--public-key PEM]                                     hash chains and checkpoints
+    ledger demo [--people N] [--report FILE]                             a Hefei season end to end
+    ledger asyncapi [--output FILE]                                      the AsyncAPI document
+
+This module is the composition root: it builds the store, the application and the consumers;
+nothing else wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from service.bootstrap import _serve
+from service.cli.publish import _publish
+from service.cli.read import _audit, _coverage, _replay, _report, _verify
+from service.cli.status import _parked_list, _parked_retry, _status
+
+log = logging.getLogger("ledger")
+
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args) or 0)
+    except BrokenPipeError:  # `ledger audit … | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="Event-sourced enrollment ledger for resident medical insurance (城乡居民基本医疗保险).",
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "info"), help="debug, info, warning (LEDGER_LOG_LEVEL)"
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the ledger: ingest upstream facts into the LEDGER stream",
+        description=(
+            "Run the ledger service. Without --nats-url it starts an embedded nats-server with "
+            "its data under DATA_DIR/nats and prints its URL. Creates the streams it needs "
+            "(LEDGER, UPSTREAM, REJECTED) if missing and refuses existing ones with weaker "
+            "settings; consumes upstream.> in order; answers coverage.query; stops gracefully "
+            "on SIGINT/SIGTERM."
+        ),
+    )
+    serve.add_argument("--nats-url", default=os.environ.get("NATS_URL"), help="NATS server URL(s) (NATS_URL)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="where the embedded server and local secrets live (LEDGER_DATA_DIR; default ./data)",
+    )
+    serve.add_argument("--policy", type=Path, default=os.environ.get("LEDGER_POLICY"), help="policy file (LEDGER_POLICY; default Hefei)")
+    serve.add_argument(
+        "--batch-size", type=int, default=int(os.environ.get("LEDGER_BATCH_SIZE", "500")), help="messages per pull (LEDGER_BATCH_SIZE)"
+    )
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("NATS_REPLICAS", "1")),
+        help="replicas of the streams it creates: LEDGER, UPSTREAM, REJECTED, LEDGER_CHECKPOINTS, COVERAGE and the "
+        "coverage bucket (NATS_REPLICAS; 3 in a cluster)",
+    )
+    serve.add_argument(
+        "--sync-interval",
+        default=os.environ.get("LEDGER_SYNC_INTERVAL", "always"),
+        help="embedded server's JetStream sync_interval (default always: fsync before acknowledging)",
+    )
+    serve.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_NATS_PORT", "0")), help="embedded server port (0: free)")
+    serve.add_argument(
+        "--cipher-key-file",
+        type=Path,
+        default=None,
+        help="encrypt event payloads with the key in this file (base64 AES key; or LEDGER_CIPHER_KEY / "
+        "LEDGER_CIPHER_KEY_FILE); every command reading the events needs the same key",
+    )
+    _views_option(serve)
+    serve.set_defaults(run=_serve)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish contract messages from a JSON-lines file",
+        description=(
+            "Publish one message per line of FILE (JSON objects, '-' for standard input; or a "
+            ".csv file whose header names the contract's fields, e.g. a department's roster) on "
+            "SUBJECT (e.g. upstream.subsidy.listed) to the UPSTREAM stream, with Nats-Msg-Id "
+            "set to each message's msg_id, and wait for every acknowledgement."
+        ),
+    )
+    publish.add_argument("subject", help="an upstream subject of the contract")
+    publish.add_argument("file", help="JSON-lines file, a .csv file, or - for standard input")
+    publish.add_argument(
+        "--nats-url", default=os.environ.get("NATS_URL"),
+        help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR",
+    )  # fmt: skip
+    _data_dir_option(publish)
+    publish.set_defaults(run=_publish)
+
+    coverage = commands.add_parser(
+        "coverage",
+        help="is this person covered on a date (and what did the ledger know at a past time)?",
+        description="The coverage reply of the contract, from the person's events in the ledger.",
+    )
+    coverage.add_argument("id_number")
+    coverage.add_argument("--date", type=_date, default=None, help="the day asked about (default: today, China time)")
+    coverage.add_argument("--as-of", type=_time, default=None, help="what the ledger knew at this recorded time (ISO, with offset)")
+    _store_options(coverage)
+    _format_option(coverage)
+    coverage.set_defaults(run=_coverage)
+
+    audit = commands.add_parser(
+        "audit",
+        help="a person's full history: events, rejections, flags",
+        description="Every event about the person (effective and recorded time, actor, channel, msg_id, policy "
+        "version) and every rejected message about them, with the fraud flags pointing at each, from the views.",
+    )
+    audit.add_argument("id_number")
+    _data_dir_option(audit)
+    _views_option(audit)
+    _format_option(audit)
+    audit.set_defaults(run=_audit)
+
+    report = commands.add_parser(
+        "report",
+        help="per district: target, enrolled, rate, funds; waiting periods, cash on hand, flags, rejections",
+        description="The bureau's reports from the views. Money in yuan in tables, in fen in JSON and CSV.",
+    )
+    report.add_argument("--district", help="one district (division code)")
+    report.add_argument("--year", type=int, help="coverage year (default: the latest in the views)")
+    report.add_argument("--on", type=_date, default=None, help="date for cash alarms and waiting periods (default: today, China time)")
+    report.add_argument(
+        "--section",
+        choices=("all", "districts", "waiting", "cash", "not-renewed", "flags", "rejections"),
+        default="all",
+        help="one part only (CSV prints one part: districts unless named)",
+    )
+    _data_dir_option(report)
+    _views_option(report)
+    _policy_option(report)
+    _format_option(report)
+    report.set_defaults(run=_report)
+
+    replay = commands.add_parser(
+        "replay",
+        help="rebuild every view from the start of the streams into a fresh database",
+        description="Replays LEDGER and REJECTED from the start into a new view database (default "
+        "DATA_DIR/replay-<time>.sqlite; an interrupted replay database given with --views resumes), "
+        "without disturbing the running service, and stops at the streams' ends when it started.",
+    )
+    replay.add_argument("--until", type=_time, default=None, help="only events recorded up to this time (ISO, with offset)")
+    _store_options(replay)
+    _views_option(replay, default=None)
+    replay.set_defaults(run=_replay)
+
+    verify = commands.add_parser(
+        "verify",
+        help="recompute the ledger's hash chains and signed checkpoints; report the first inconsistency",
+        description="Reads LEDGER and its checkpoints, recomputes every event's hash chain and every "
+        "checkpoint digest, checks the signatures, and reports the first inconsistency. Exit 0: intact; 1: not.",
+    )
+    verify.add_argument(
+        "--public-key", type=Path, action="append", default=None,
+        help="a trusted signing key (PEM; repeatable); default DATA_DIR/signing-key.pem.pub if present",
+    )  # fmt: skip
+    _store_options(verify)
+    verify.set_defaults(run=_verify)
+
+    status = commands.add_parser(
+        "status",
+        help="who writes, how far behind each part is, what is parked, the last checkpoint, the policy years",
+        description="The state of a running ledger, read from NATS (and the views of DATA_DIR when they are "
+        "there): the streams, the writer (lease holder and the ingestion's recorded position), the ingestion's "
+        "lag behind UPSTREAM, REJECTED's lag behind LEDGER, the views' position, parked messages, the last "
+        "signed checkpoint, and the policy's funding years (warning when the current one has no table).",
+    )
+    _store_options(status)
+    _format_option(status)
+    status.set_defaults(run=_status)
+
+    parked = commands.add_parser(
+        "parked",
+        help="list messages the ingestion parked, or have the writer decide them again",
+        description="A message that failed the same way on every try (not for a policy reason) is parked "
+        "with its reason; later messages about the same person wait behind it (parked, held). `list` shows "
+        "them from LEDGER; `retry` asks the running writer to decide them again, oldest first, once the "
+        "cause is fixed.",
+    )
+    parked_commands = parked.add_subparsers(required=True, metavar="ACTION")
+    parked_list = parked_commands.add_parser("list", help="the parked messages, oldest first")
+    _store_options(parked_list)
+    _format_option(parked_list)
+    parked_list.set_defaults(run=_parked_list)
+    parked_retry = parked_commands.add_parser("retry", help="decide parked messages again (all, or the sequences given)")
+    parked_retry.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="UPSTREAM sequences (default: all)")
+    _store_options(parked_retry)
+    _format_option(parked_retry)
+    parked_retry.set_defaults(run=_parked_retry)
+
+    demo = commands.add_parser(
+        "demo",
+        help="a Hefei enrollment season end to end on embedded defaults (make demo)",
+        description=(
+            "Starts an embedded nats-server and `ledger serve`, publishes a simulated season for a "
+            "synthetic Hefei population through the upstream contract (rosters, WeChat, community QR and "
+            "cash, universities, newborns, migrant workers, employee-insurance lapses, deaths, veterans, "
+            "bad input and planted fraud), waits for the ledger and its views, and prints the report. "
+            "The state stays in DATA_DIR for `ledger coverage/audit/report/replay --data-dir DATA_DIR`."
+        ),
+    )
+    demo.add_argument("--people", type=int, default=20_000, help="synthetic residents (default 20,000)")
+    demo.add_argument("--seed", type=int, default=2021, help="simulation seed (same seed, same season)")
+    demo.add_argument("--report", type=Path, default=None, help="also write the report as a self-contained HTML page")
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("data/demo"),
+        help="where the demo's ledger stays (default data/demo; an earlier demo there is replaced)",
+    )  # fmt: skip
+    _policy_option(demo)
+    demo.set_defaults(run=_demo)
+
+    asyncapi = commands.add_parser("asyncapi", help="print or write the AsyncAPI document of the consumers")
+    asyncapi.add_argument("--output", type=Path, help="write it to this file instead of standard output")
+    asyncapi.set_defaults(run=_asyncapi)
+    _everywhere(parser, "--log-level", help="debug, info, warning (LEDGER_LOG_LEVEL); before or after the command")
+    return parser
+
+
+def _everywhere(parser: argparse.ArgumentParser, option: str, **kwargs: Any) -> None:
+    """Accept a global ``option`` after the command too (``ledger serve --log-level debug``), in
+    every subcommand at any depth; given there, it wins over the value before the command."""
+    for action in parser._actions:  # argparse has no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(option, default=argparse.SUPPRESS, **kwargs)
+                _everywhere(sub, option, **kwargs)
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="the ledger's data directory (LEDGER_DATA_DIR; default ./data)",
+    )
+
+
+def _views_option(parser: argparse.ArgumentParser, default: str | None = "env") -> None:
+    parser.add_argument(
+        "--views",
+        default=os.environ.get("LEDGER_VIEWS") if default == "env" else default,
+        help="view database: sqlite:///FILE or postgresql://… (LEDGER_VIEWS; default sqlite:///DATA_DIR/views.sqlite)",
+    )
+
+
+def _policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, default=os.environ.get("LEDGER_POLICY"), help="policy file (LEDGER_POLICY; default Hefei)")
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats-url",
+        default=os.environ.get("NATS_URL"),
+        help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR, else its embedded server's data",
+    )
+    _data_dir_option(parser)
+    _policy_option(parser)
+
+
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="table (default), json or csv")
+
+
+def _date(text: str) -> Any:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _time(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"a time needs an offset (e.g. +08:00): {text!r}")
+    return moment
+
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ledger.domain.policy import DEFAULT_POLICY, load_policy
+    from service.demo.run import run_demo
+
+    if args.people < 1:
+        raise SystemExit("--people must be at least 1")
+    started = time.perf_counter()
+    summary = run_demo(
+        people=args.people,
+        data_dir=args.data_dir,
+        report_html=args.report,
+        seed=args.seed,
+        policy=load_policy(args.policy or DEFAULT_POLICY),
+    )
+    missed = [p for p in summary["planted"] if not p["caught"]]
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; planted cases caught: "
+          f"{len(summary['planted']) - len(missed)} of {len(summary['planted'])}")  # fmt: skip
+    return 0 if not missed else 1
+
+
+# ---- asyncapi ------------------------------------------------------------------------------------
+
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    text = asyncapi_text()
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def asyncapi_text() -> str:
+    """The AsyncAPI document of the ingestion consumer, as committed under docs/."""
+    from faststream.nats import NatsBroker
+
+    from consumers.app import IngestService, asyncapi_document
+    from projections.queries import CoverageQueryService
+
+    broker = NatsBroker("nats://127.0.0.1:4222", logger=None)
+    service = IngestService(None, broker)
+    CoverageQueryService(None, broker)
+    return json.dumps(asyncapi_document(service), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The questions: coverage, audit, report, replay, verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from service.bootstrap import (
+    SERVE_URL_FILE,
+    _redacted,
+    build_ledger,
+    default_views_url,
+    person_key_secret,
+)
+from service.cli.output import _emit
+
+log = logging.getLogger("ledger")
+
+
+class _Store:
+    """The ledger's NATS server for a one-off command: ``--nats-url``, else the running
+    ``ledger serve`` of the data directory, else its embedded server's data (started here, on a
+    free port, and stopped afterwards)."""
+
+    def __init__(self, args: argparse.Namespace, *, ledger: bool = True) -> None:
+        """``ledger=False``: only the streams (no person-key secret needed, nothing created)."""
+        from ledger.jetstream.server import EmbeddedNatsServer
+
+        self.server = None
+        data_dir: Path = args.data_dir
+        url = args.nats_url
+        running = data_dir / SERVE_URL_FILE
+        if not url and running.exists():
+            url = running.read_text().strip()
+        if not url:
+            if not (data_dir / "nats").is_dir():
+                raise SystemExit(
+                    f"no ledger in {data_dir}: run `ledger serve` or `make demo` first, or give --nats-url"
+                )
+            self.server = EmbeddedNatsServer(data_dir / "nats").start()
+            url = self.server.url
+        self.url = url
+        self.ledger = (
+            build_ledger(url, data_dir, args.policy, embedded=self.server is not None or running.exists(), cache=False)
+            if ledger
+            else None
+        )
+        self.datastore = self.ledger.recorder.datastore if self.ledger is not None else _datastore(url)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+        else:
+            self.datastore.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _datastore(url: str) -> Any:
+    """The event store's streams at ``url``, as the ledger names them (NATS_STREAM,
+    NATS_SUBJECT_PREFIX), without opening the application."""
+    from ledger.jetstream.client import NatsClient
+    from ledger.jetstream.datastore import JetStreamDatastore
+
+    return JetStreamDatastore(
+        NatsClient(url), stream=os.environ.get("NATS_STREAM", "LEDGER"),
+        subject_prefix=os.environ.get("NATS_SUBJECT_PREFIX", "ledger"), follower="Ledger",
+    )  # fmt: skip
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    import msgspec
+
+    from ledger.domain.refusals import Refusal
+    from ledger.domain.source import CHINA_STANDARD_TIME
+
+    day = args.date or datetime.now(CHINA_STANDARD_TIME).date()
+    store = _Store(args)
+    try:
+        try:
+            answer = store.ledger.coverage(args.id_number, day, as_of=args.as_of)
+        except Refusal as refusal:
+            raise SystemExit(f"{refusal.reason}: {refusal.detail}") from None
+        reply = msgspec.to_builtins(answer)
+        reply["ledger_seq"] = store.ledger.recorder.max_notification_id()
+    finally:
+        store.close()
+    _emit([reply], args.format, title=f"coverage on {day}", vertical=True)
+    return 0
+
+
+def _views_db(args: argparse.Namespace) -> Any:
+    from projections.database import Database, ViewDatabaseError, sqlite_path
+
+    url = args.views or default_views_url(args.data_dir)
+    if url.startswith("sqlite:") and not Path(sqlite_path(url)).exists():
+        raise SystemExit(f"no views at {url}: run `ledger serve` (or `make demo`) first, or give --views")
+    try:
+        return Database.open(url)
+    except ViewDatabaseError as e:
+        raise SystemExit(str(e)) from None
+
+
+def _person_key(args: argparse.Namespace) -> str:
+    from datetime import datetime
+
+    from ledger.domain.identity import PersonKeyer, ResidentId
+    from ledger.domain.refusals import Refusal
+    from ledger.domain.source import CHINA_STANDARD_TIME
+
+    secret = person_key_secret(args.data_dir, embedded=(args.data_dir / "person-key.secret").exists())
+    try:
+        resident = ResidentId.parse(args.id_number, today=datetime.now(CHINA_STANDARD_TIME).date())
+    except Refusal as refusal:
+        raise SystemExit(f"{refusal.reason}: {refusal.detail}") from None
+    return PersonKeyer(secret.encode()).key_of(resident)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from projections import reports
+
+    key = _person_key(args)
+    db = _views_db(args)
+    try:
+        person = reports.person_of(db, key)
+        coverage = reports.coverage_of(db, key)
+        trail = reports.audit_trail(db, key)
+        flags = reports.flags_of(db, key)
+    finally:
+        db.close()
+    if args.format != "table":
+        if args.format == "json":
+            document = {"person_key": key, "person": person, "coverage": coverage, "timeline": trail, "flags": flags}
+            print(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+        else:
+            _emit(trail, "csv")
+        return 0
+    if person is None and not trail:
+        print(f"person {key[:12]}… is not in the views")
+        return 0
+    _emit([person] if person else [], "table", title=f"person {key[:12]}…", vertical=True)
+    _emit(coverage, "table", title="coverage per year", columns=(
+        "coverage_year", "status", "category", "channel", "coverage_start", "coverage_end", "benefit_start",
+        "waiting_months", "retroactive", "subsidy_category", "paid_fen", "ended_reason"))
+    _emit(trail, "table", title="timeline", columns=(
+        "recorded_at", "effective_at", "what", "coverage_year", "actor", "msg_id", "policy_version", "position", "flags"))
+    _emit(flags, "table", title="flags", columns=("rule", "position", "detail", "evidence", "parameters"))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from ledger.domain.policy import DEFAULT_POLICY, load_policy
+    from ledger.domain.source import CHINA_STANDARD_TIME
+    from projections import reports
+
+    policy = load_policy(args.policy or DEFAULT_POLICY)
+    on = args.on or datetime.now(CHINA_STANDARD_TIME).date()
+    db = _views_db(args)
+    try:
+        years = reports.years_in_views(db)
+        year = args.year or (years[-1] if years else on.year)
+        sections: dict[str, list[dict[str, Any]]] = {}
+        wanted = args.section
+        if args.format == "csv" and wanted == "all":
+            wanted = "districts"
+        if wanted in ("all", "districts"):
+            sections["districts"] = reports.district_report(db, policy, year, args.district)
+        if wanted in ("all", "waiting"):
+            sections["waiting"] = reports.waiting_periods(db, on=on, district=args.district)
+        if wanted in ("all", "cash"):
+            sections["cash"] = reports.cash_on_hand(db, policy, on)
+        if wanted in ("all", "not-renewed"):
+            sections["not-renewed"] = reports.not_renewed(db, year, args.district)
+        if wanted in ("all", "flags"):
+            sections["flags"] = [{"rule": r, "count": c} for r, c in reports.flag_counts(db).items()]
+        if wanted in ("all", "rejections"):
+            sections["rejections"] = [{"reason": r, "count": c} for r, c in reports.rejection_counts(db).items()]
+    finally:
+        db.close()
+    if args.format == "json":
+        print(json.dumps({"coverage_year": year, "on": on.isoformat(), **sections}, ensure_ascii=False, indent=2, default=str))
+        return 0
+    if args.format == "csv":
+        (rows,) = sections.values()
+        _emit(rows, "csv")
+        return 0
+    titles = {
+        "districts": f"coverage year {year}: enrollment and funds per district (yuan)",
+        "waiting": f"in a waiting period on {on}",
+        "cash": f"cash on hand on {on} (limit {policy.cash_remit_days} days / {policy.cash_remit_fen // 100:,} yuan)",
+        "not-renewed": f"enrolled for {year - 1}, not yet for {year} (check-up list)",
+        "flags": "fraud flags by rule",
+        "rejections": "rejections by reason",
+    }
+    for name, rows in sections.items():
+        columns = None
+        if name == "cash":
+            rows = [_in_yuan(r) for r in rows]
+            columns = ("collector", "balance", "received", "remitted", "oldest_unremitted_at", "days_held", "overdue", "over_limit")
+        if name == "districts":
+            rows = [_in_yuan(r) for r in rows]
+            columns = ("district", "district_name", "target", "enrolled", "rate_percent", "goal_percent",
+                       "individual", "assistance", "fiscal", "total", "assistance_transfer_due")
+        if name in ("waiting", "not-renewed") and len(rows) > 20:
+            print(f"{titles[name]}: {len(rows)} people (first 20; --format json or csv for all)")
+            rows = rows[:20]
+        _emit(rows, "table", title=titles[name], columns=columns)
+    return 0
+
+
+def _in_yuan(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key.endswith("_fen"):
+            out[key.removesuffix("_fen")] = None if value is None else f"{value / 100:,.2f}"
+        else:
+            out[key] = value
+    return out
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from projections.runner import replay
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    views_url = args.views or f"sqlite:///{(args.data_dir / f'replay-{stamp}.sqlite').resolve()}"
+    store = _Store(args)
+    try:
+        with Progress(
+            TextColumn("replaying LEDGER"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
+            TimeRemainingColumn(), transient=False, redirect_stdout=False,
+        ) as bar:
+            task = bar.add_task("replay", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = replay(
+                ledger_env=dict(store.ledger.env), views_url=views_url, nats_url=store.url, policy=store.ledger.policy,
+                loader=store.ledger, until=args.until, progress=progress,
+            )
+    finally:
+        store.close()
+    print(
+        f"replayed {result.ledger_events:,} ledger events and {result.rejections:,} rejections "
+        f"in {result.seconds:.1f} s ({result.rate:,.0f} events/s) into {_redacted(result.views_url)}"
+    )
+    return 0
+
+
+
+# ---- verify --------------------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ledger.jetstream.evidence import key_id, verify
+
+    keys = args.public_key or [p for p in [args.data_dir / "signing-key.pem.pub"] if p.exists()]
+    trusted = {key_id(p.read_text()) for p in keys} if keys else None
+    store = _Store(args)
+    try:
+        report = verify(store.ledger.recorder.datastore, trusted_keys=trusted)
+    finally:
+        store.close()
+    print(
+        f"{report.messages:,} messages, {report.events:,} events, {report.checkpoints} checkpoints verified "
+        f"(the last up to LEDGER {report.last_checkpoint_seq})"
+        + ("" if trusted else "; no trusted key given: signatures checked against the keys they carry")
+    )
+    if report.ok:
+        print("intact: every hash chain and checkpoint holds")
+        return 0
+    print(f"NOT INTACT: {report.findings[0]}")
+    return 1
+
+
