@@ -9,6 +9,7 @@ cancellation.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -25,13 +26,13 @@ class CoverageAnswer:
     """The coverage reply of the contract, less what only the store knows (``ledger_seq``)."""
 
     person_key: str
-    date: date
+    date: dt.date  # qualified: the field's name hides the type in the class body
     covered: bool
     in_waiting_period: bool
     coverage_year: int
-    coverage_start: date | None
-    coverage_end: date | None
-    benefit_start: date | None
+    coverage_start: dt.date | None
+    coverage_end: dt.date | None
+    benefit_start: dt.date | None
     status: str
     subsidy_category: str | None
     ended_reason: str | None = None
@@ -45,7 +46,7 @@ def answer(person: InsuredPerson | None, person_key: str, day: date, as_of: date
         return CoverageAnswer(
             person_key, day, False, False, day.year,
             *(_terms_of(enrollment)), ENDED,
-            enrollment.subsidy_category if enrollment else None,
+            enrollment.subsidy_category,
             ended_reason="death", as_of=as_of,
         )
     if enrollment is None:

@@ -28,7 +28,8 @@ from typing import Annotated, Final, Literal, get_args
 
 import msgspec
 
-from ledger.domain.refusals import Malformed, NoPolicyForYear, UnknownDistrict
+from ledger.domain.refusals import Malformed, UnknownDistrict
+from ledger.domain.refusals import NoPolicyForYear as NoPolicyForYear  # re-exported: what the policy's queries raise
 
 DEFAULT_POLICY: Final = Path(__file__).resolve().parents[2] / "deploy" / "policy" / "hefei.toml"
 """The Hefei policy file (合肥市), the ledger's default region."""
@@ -73,10 +74,14 @@ class PolicyError(ValueError):
 
 
 class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A part of a policy file: immutable, and a field the schema does not name is an error."""
+    """A part of a policy file: immutable, and a field the schema does not name is an error.
+
+    Subclasses inherit both settings; they repeat ``frozen=True`` for type checkers, which (after
+    PEP 681) would read a subclass without it as mutable.
+    """
 
 
-class FraudThresholds(_Table):
+class FraudThresholds(_Table, frozen=True):
     """When the audit flags a pattern (the policy §8; national 医保发〔2021〕32号 §六 "三假").
 
     All [choice] defaults of this project, not figures from the sources.
@@ -94,7 +99,7 @@ class FraudThresholds(_Table):
     """Flag heavy use of coverage within this many days of an outside-period enrollment (§8.9)."""
 
 
-class FundingYear(_Table):
+class FundingYear(_Table, frozen=True):
     """The funding standard of one funding year (筹资年度) F, which covers year F+1."""
 
     year: Year
@@ -123,7 +128,7 @@ class FundingYear(_Table):
         return self.fiscal_subsidy_fen + self.individual_contribution_fen
 
 
-class RegionPolicy(_Table, kw_only=True):
+class RegionPolicy(_Table, frozen=True, kw_only=True):
     """The policy table of one region (统筹地区): the decision rules' parameters, with a version.
 
     Region-wide values apply to every funding year in ``funding_years``; a funding year absent
