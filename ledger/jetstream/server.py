@@ -78,6 +78,9 @@ class EmbeddedNatsServer:
     start_timeout: float = 15.0
     stop_timeout: float = 10.0
     binary: Path | None = None
+    own_session: bool = False
+    """Run in a session (process group) of its own: a Ctrl-C at the terminal reaches only the parent,
+    which stops its children in order (``ledger demo``: serve first, this server last)."""
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +130,7 @@ class EmbeddedNatsServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=self.own_session,
         )
         self._wait_until_serving()
         return self
