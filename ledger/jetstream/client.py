@@ -131,7 +131,7 @@ class CommitStats:
     splits: int = 0
 
 
-def stored_message(msg: Msg | DirectReply) -> StoredMessage:
+def stored_message(msg: DirectReply) -> StoredMessage:
     """A direct-get reply as a stored message."""
     headers = msg.headers
     return StoredMessage(
@@ -145,7 +145,7 @@ class _MultiReply:
 
     __slots__ = ("convert", "future", "items", "single")
 
-    def __init__(self, single: bool, convert: Callable[[Msg], Any]) -> None:
+    def __init__(self, single: bool, convert: Callable[[DirectReply], Any]) -> None:
         self.single = single
         self.convert = convert
         self.items: list[Any] = []
@@ -195,7 +195,7 @@ class RawHeaders(dict[str, str]):
             self._parsed = True
             self.update(_LedgerConnection._parse_header_lines(self._raw))
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         value = self._find(key)
         return default if value is None else value
 
@@ -219,19 +219,19 @@ class RawHeaders(dict[str, str]):
         self._parse()
         return dict.__iter__(self)
 
-    def keys(self) -> Any:  # type: ignore[override]
+    def keys(self) -> Any:
         self._parse()
         return dict.keys(self)
 
-    def values(self) -> Any:  # type: ignore[override]
+    def values(self) -> Any:
         self._parse()
         return dict.values(self)
 
-    def items(self) -> Any:  # type: ignore[override]
+    def items(self) -> Any:
         self._parse()
         return dict.items(self)
 
-    def copy(self) -> dict[str, str]:  # type: ignore[override]
+    def copy(self) -> dict[str, str]:
         self._parse()
         return dict(dict.items(self))
 
@@ -239,7 +239,7 @@ class RawHeaders(dict[str, str]):
         self._parse()
         return dict.__eq__(self, other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __repr__(self) -> str:
         self._parse()
@@ -360,7 +360,8 @@ class NatsClient:
         connecting = nc.connect(
             server_urls(url),
             name=name,
-            connect_timeout=connect_timeout,
+            # nats-py annotates it int but only passes it to asyncio.wait_for: seconds, any number.
+            connect_timeout=connect_timeout,  # type: ignore[arg-type]
             allow_reconnect=True,
             **options,
         )
@@ -469,7 +470,7 @@ class NatsClient:
         request: dict[str, Any],
         *,
         batch: bool,
-        convert: Callable[[Msg], T] = stored_message,  # type: ignore[assignment]
+        convert: Callable[[DirectReply], T],
     ) -> list[T]:
         """JetStream direct get; with ``batch`` the request asks for several messages at once.
 
@@ -493,7 +494,7 @@ class NatsClient:
             del self._replies[token]
 
     def get(self, stream: str, request: dict[str, Any], *, batch: bool) -> list[StoredMessage]:
-        return self.run(self.direct_get(stream, request, batch=batch))
+        return self.run(self.direct_get(stream, request, batch=batch, convert=stored_message))
 
     def start(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on the private loop without waiting for it (e.g. to read ahead)."""

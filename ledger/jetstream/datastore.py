@@ -37,13 +37,13 @@ from eventsourcing.persistence import (
     StoredEvent,
     Tracking,
 )
-from nats.aio.msg import Msg
 
 from ledger.jetstream.client import (
     BATCH_DUPLICATE_MSG_ID,
     WRONG_LAST_SEQUENCE,
     WRONG_LAST_SEQUENCE_IN_BATCH,
     AppendRejectedError,
+    DirectReply,
     NatsClient,
     NatsUnavailableError,
     NotSentError,
@@ -429,7 +429,7 @@ class JetStreamDatastore:
         return self.get(stream, {"seq": first_seq, "batch": count}, batch=True)
 
     def start_reading_range(
-        self, stream: str, first_seq: int, count: int, convert: Callable[[Msg], T]
+        self, stream: str, first_seq: int, count: int, convert: Callable[[DirectReply], T]
     ) -> Future[list[T]]:
         """Start reading up to ``count`` messages from ``first_seq``, each through ``convert``."""
         client = self.client
@@ -620,6 +620,7 @@ class JetStreamDatastore:
         for subject, first_index in plan.first_index.items():
             if plan.fence is not None and subject == plan.fence.subject:
                 continue  # the fence is checked by the server: the subject's last must be ours
+            last: _Last | None
             if subject == plan.tracking_subject:
                 last = self._last.get(subject) or self._refresh(stream, subject)
             else:

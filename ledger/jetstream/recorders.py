@@ -36,6 +36,7 @@ from eventsourcing.persistence import (
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from ledger.jetstream.client import DirectReply
 from ledger.jetstream.datastore import (
     TOPIC,
     TRACKING_ID,
@@ -145,14 +146,14 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                 count = min(count, stop - seq + 1)
             page = self._read_page(seq, count, wanted)
             for item in page:
-                if type(item) is not int:
+                if not isinstance(item, int):
                     notifications.append(item)
                     if len(notifications) == limit:
                         break
             if len(page) < count:
                 break
             last = page[-1]
-            seq = (last if type(last) is int else last.id) + 1
+            seq = (last if isinstance(last, int) else last.id) + 1
         return notifications
 
     def _read_page(self, seq: int, count: int, wanted: frozenset[str]) -> list[Notification | int]:
@@ -185,18 +186,18 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
     def _start_page(self, seq: int, count: int, wanted: frozenset[str]) -> Future[list[Notification | int]]:
         notification = self._notification
 
-        def convert(msg: Msg) -> Notification | int:
+        def convert(msg: DirectReply) -> Notification | int:
             headers = msg.headers
             return notification(int(headers["Nats-Sequence"]), headers["Nats-Subject"], msg, wanted)
 
         return self.datastore.start_reading_range(self.stream, seq, count, convert)
 
-    def _notification(self, seq: int, subject: str, msg: Msg, wanted: frozenset[str]) -> Notification | int:
+    def _notification(self, seq: int, subject: str, msg: Msg | DirectReply, wanted: frozenset[str]) -> Notification | int:
         """The notification stream message ``seq`` stands for, or ``seq`` itself when it stands
         for none (a tracking record, or an event of a topic not ``wanted``)."""
         headers = msg.headers
         topic = headers.get(TOPIC) if headers else None
-        if topic is None or (wanted and topic not in wanted):
+        if headers is None or topic is None or (wanted and topic not in wanted):
             return seq
         return Notification(
             id=seq,
@@ -243,8 +244,6 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
     above the last one (``_last_id``), so nothing is delivered twice or out of order.
     """
 
-    _STOP = object()
-
     def __init__(
         self,
         recorder: JetStreamApplicationRecorder,
@@ -254,14 +253,16 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         buffer: int | None = None,
     ):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self._buffer: queue.Queue[Any] = queue.Queue(maxsize=buffer or _SUBSCRIPTION_BUFFER)
+        self._buffer: queue.Queue[Notification | Exception | None] = queue.Queue(maxsize=buffer or _SUBSCRIPTION_BUFFER)
+        """What the live consumer received: notifications, an exception to raise in the reader's
+        thread, None when the subscription stops."""
         self._wanted = frozenset(topics)
         self._client = recorder.datastore.client
         self._next_seq = (gt or 0) + 1
         """The next stream sequence to read from pages."""
         self._last_id = gt or 0
         """The last notification id handed out."""
-        self._page: deque[Notification | int] = deque()
+        self._page: deque[Notification | int | Exception] = deque()
         self._sub: Any = None
         self._switch = threading.Lock()
         self._generation = 0
@@ -286,9 +287,12 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         while not self._has_been_stopped:
             while self._page:
                 item = self._page.popleft()
-                if type(item) is not int and item.id > self._last_id:  # type: ignore[union-attr]
-                    self._last_id = item.id  # type: ignore[union-attr]
-                    return item  # type: ignore[return-value]
+                if isinstance(item, Notification):
+                    if item.id > self._last_id:
+                        self._last_id = item.id
+                        return item
+                elif isinstance(item, Exception):  # received live, then handed over to pages
+                    raise OperationalError(f"subscription failed: {item}") from item
             if self._sub is None:
                 if self._restarting:
                     self._restart_live()
@@ -298,28 +302,28 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
                     self._read_page()
                 continue
             try:
-                item = self._buffer.get(timeout=0.05)
+                received = self._buffer.get(timeout=0.05)
             except queue.Empty:
                 if self._behind_from is not None:
                     self._back_to_pages()
                 elif self._client.nc.stats["reconnects"] != self._reconnects:
                     self._restart_live()
                 continue
-            if item is self._STOP:
+            if received is None:
                 break
-            if isinstance(item, BaseException):
-                raise OperationalError(f"subscription failed: {item}") from item
-            if item.id <= self._last_id:
+            if isinstance(received, Exception):
+                raise OperationalError(f"subscription failed: {received}") from received
+            if received.id <= self._last_id:
                 continue
-            self._last_id = item.id
-            return item  # type: ignore[no-any-return]
+            self._last_id = received.id
+            return received
         raise StopIteration
 
     def _read_page(self) -> None:
         page = self._recorder._read_page(self._next_seq, _NOTIFICATION_PAGE, self._wanted)
         if page:
             last = page[-1]
-            self._next_seq = (last if type(last) is int else last.id) + 1  # type: ignore[union-attr]
+            self._next_seq = (last if isinstance(last, int) else last.id) + 1
             self._page.extend(page)
         if len(page) < _NOTIFICATION_PAGE:
             self._follow_live()
@@ -345,7 +349,7 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
                     item = self._buffer.get_nowait()
                 except queue.Empty:
                     break
-                if item is self._STOP:
+                if item is None:
                     self._buffer.put_nowait(item)
                     break
                 self._page.append(item)
@@ -396,6 +400,7 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         if self._has_been_stopped or generation != self._generation or self._behind_from is not None:
             return
         seq = msg.metadata.sequence.stream
+        notification: Notification | int | Exception
         try:
             notification = self._recorder._notification(seq, msg.subject, msg, self._wanted)
         except Exception as e:  # noqa: BLE001 - surfaced to the iterating thread
@@ -403,7 +408,7 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
         with self._switch:
             if generation != self._generation or self._behind_from is not None or seq < self._live_next:
                 return
-            if type(notification) is not int:
+            if not isinstance(notification, int):
                 try:
                     self._buffer.put_nowait(notification)
                 except queue.Full:
@@ -418,7 +423,7 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             return
         super().stop()
         try:
-            self._buffer.put_nowait(self._STOP)
+            self._buffer.put_nowait(None)
         except queue.Full:
             pass
         sub, self._sub = self._sub, None

@@ -125,7 +125,7 @@ def _restore(obj: dict[str, Any] | list[Any], names: dict[str, Transcoding]) -> 
 
     Mutates obj in place: it was just made by the decoder and nothing else refers to it.
     """
-    if type(obj) is list:
+    if isinstance(obj, list):  # exactly a list or a dict: made by the decoder
         for index, value in enumerate(obj):
             if type(value) in _CONTAINERS:
                 obj[index] = _restore(value, names)
