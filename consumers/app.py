@@ -85,6 +85,7 @@ class IngestStats:
     retried: int = 0
     events: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    parked_by_reason: dict[str, int] = field(default_factory=dict)
     takeovers: int = 0
     stepped_down: int = 0
 
@@ -101,6 +102,7 @@ class IngestStats:
                 self.by_reason[v.reason or "?"] = self.by_reason.get(v.reason or "?", 0) + 1
             elif v.kind == "parked":
                 self.parked += 1
+                self.parked_by_reason[v.reason or "?"] = self.parked_by_reason.get(v.reason or "?", 0) + 1
             elif v.kind == "decided":
                 self.decided_before += 1
             else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import reduce
@@ -145,6 +146,8 @@ class CoverageQueryService:
     def __init__(self, ledger: Ledger | None, broker: NatsBroker, projection: LedgerProjection | None = None) -> None:
         self.answerer = CoverageAnswerer(ledger, projection) if ledger is not None else None
         self.answered = 0
+        self.observe: Callable[[float, bool], None] | None = None
+        """Told each answer's seconds and whether it was 'unavailable' (``ledger serve``'s metrics)."""
         self._subscription: Any = None
         if ledger is None:
             broker.subscriber(
@@ -172,6 +175,7 @@ class CoverageQueryService:
             return
         answerer = self.answerer
         assert answerer is not None
+        started, failed = time.perf_counter(), False
         try:
             reply = answerer.quick(msg.data)
             if reply is None:
@@ -179,8 +183,11 @@ class CoverageQueryService:
         except Exception as e:  # noqa: BLE001 - a reply, never a dead responder
             log.warning("event=coverage_query_failed error=%r", e)
             reply = _encode({"error": "unavailable", "detail": "the ledger could not answer now; ask again"})
+            failed = True
         self.answered += 1
         await msg.respond(reply)
+        if self.observe is not None:
+            self.observe(time.perf_counter() - started, failed)
 
 
 async def _document_only(request: CoverageRequest) -> dict[str, Any]:

@@ -35,16 +35,22 @@ log = logging.getLogger("ledger")
 
 
 DEFAULT_DATA_DIR = Path("data")
+_LOG_FORMAT_HELP = "text (key=value lines, the default) or json (one object per line) (LEDGER_LOG_FORMAT)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    if args.log_format not in ("text", "json"):
+        parser.error(f"--log-format (LEDGER_LOG_FORMAT): text or json, not {args.log_format!r}")
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        from service.observability import JsonFormatter  # imported only then: it brings the metrics
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:  # `ledger audit … | head`: the reader has what it wanted
@@ -60,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "info"), help="debug, info, warning (LEDGER_LOG_LEVEL)"
     )
+    parser.add_argument("--log-format", default=os.environ.get("LEDGER_LOG_FORMAT", "text"), help=_LOG_FORMAT_HELP)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -251,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     asyncapi.add_argument("--output", type=Path, help="write it to this file instead of standard output")
     asyncapi.set_defaults(run=_asyncapi)
     _everywhere(parser, "--log-level", help="debug, info, warning (LEDGER_LOG_LEVEL); before or after the command")
+    _everywhere(parser, "--log-format", help=_LOG_FORMAT_HELP)
     return parser
 
 
