@@ -32,7 +32,7 @@ import msgspec
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from consumers.commands import apply
-from contract.messages import Text, Upstream, decode
+from contract.messages import TargetSet, Text, Upstream, decode
 from contract.rejection import Rejection, encode_rejection
 from ledger.application import Ledger
 from ledger.domain.refusals import Refusal
@@ -477,8 +477,8 @@ class Ingestor:
         collector = getattr(message, "collector_id", None)
         if collector:
             keys.append(f"collector:{collector}")
-        if not keys and hasattr(message, "target_count"):
-            keys.append(f"target:{message.district}:{message.coverage_year}")  # type: ignore[attr-defined]
+        if not keys and isinstance(message, TargetSet):
+            keys.append(f"target:{message.district}:{message.coverage_year}")
         return keys
 
 

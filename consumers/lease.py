@@ -141,7 +141,7 @@ class WriterLease:
             entry = await kv.get(self.key)
         except KeyNotFoundError:
             return None
-        if not entry.value:
+        if not entry.value or entry.revision is None:  # (a value read is always at a revision)
             return None
         return msgspec.json.decode(entry.value, type=_Holder), entry.revision
 

@@ -219,11 +219,21 @@ SCHEMAS: dict[str, type[Upstream]] = {
 }
 """Every upstream subject of the contract and its message."""
 
+def _field_types(schema: type[Upstream]) -> list[tuple[str, msgspec.inspect.Type]]:
+    """Each field of ``schema`` with its type, once per member of a union (``T | None``)."""
+    info = msgspec.inspect.type_info(schema)
+    assert isinstance(info, msgspec.inspect.StructType)  # a Struct's type info
+    return [
+        (f.name, t)
+        for f in info.fields
+        for t in (f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,))
+    ]
+
+
 _DATED: dict[type[Upstream], tuple[str, ...]] = {
     schema: tuple(
-        f.name
-        for f in msgspec.inspect.type_info(schema).fields  # type: ignore[attr-defined]
-        for t in getattr(f.type, "types", (f.type,))
+        name
+        for name, t in _field_types(schema)
         if isinstance(t, (msgspec.inspect.DateType, msgspec.inspect.DateTimeType))
     )
     for schema in SCHEMAS.values()
@@ -231,10 +241,9 @@ _DATED: dict[type[Upstream], tuple[str, ...]] = {
 """The date and time fields of each message (checked against ``EARLIEST``/``LATEST``)."""
 _PATTERNED: dict[type[Upstream], tuple[tuple[str, re.Pattern[str]], ...]] = {
     schema: tuple(
-        (f.name, re.compile(t.pattern))
-        for f in msgspec.inspect.type_info(schema).fields  # type: ignore[attr-defined]
-        for t in getattr(f.type, "types", (f.type,))
-        if getattr(t, "pattern", None)
+        (name, re.compile(t.pattern))
+        for name, t in _field_types(schema)
+        if isinstance(t, msgspec.inspect.StrType) and t.pattern
     )
     for schema in SCHEMAS.values()
 }

@@ -30,7 +30,8 @@ def person_of(db: Database, person_key: str) -> dict[str, Any] | None:
 
 def waiting_periods(db: Database, *, on: date | None = None, district: str | None = None, year: int | None = None) -> list[dict[str, Any]]:
     """Who is in a waiting period (等待期) — on ``on`` if given — until when, and why."""
-    sql, params = "SELECT * FROM waiting_periods WHERE 1 = 1", []
+    sql = "SELECT * FROM waiting_periods WHERE 1 = 1"
+    params: list[str | int] = []
     if on is not None:
         sql += " AND coverage_start <= ? AND benefit_start > ?"
         params += [on.isoformat(), on.isoformat()]
@@ -105,7 +106,8 @@ def district_report(db: Database, policy: RegionPolicy, year: int, district: str
     """Per district for coverage year ``year``: target, enrolled, rate against the goal, and the
     fund figures (individual contributions, assistance-fund subsidies, fiscal subsidies, total;
     the assistance fund's transfer due). Money in fen."""
-    where, params = "coverage_year = ?", [year]
+    where = "coverage_year = ?"
+    params: list[str | int] = [year]
     if district:
         where += " AND district = ?"
         params.append(district)

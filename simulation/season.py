@@ -86,7 +86,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Final
 
 from ledger.domain.coverage import add_months
-from ledger.domain.identity import check_character, generate_id_number
+from ledger.domain.identity import Sex, check_character, generate_id_number
 from ledger.domain.policy import RegionPolicy, load_policy
 
 CST: Final = timezone(timedelta(hours=8))
@@ -268,7 +268,7 @@ class _Person:
     id_number: str
     name: str
     born: date
-    sex: str
+    sex: Sex
     district: str
     community: int
     role: str
@@ -434,7 +434,7 @@ class _Simulation:
         rng = self.rng
         district = district or self._district(rural=role == "migrant")
         community = community or 1 + rng.randrange(self.communities[district])
-        sex = rng.choice(("male", "female"))
+        sex: Sex = rng.choice(("male", "female"))
         extra: dict[str, Any] = {}
         origin = district
         permit = False
@@ -501,10 +501,10 @@ class _Simulation:
         earliest = date(ref.year - oldest - 1, ref.month, ref.day)
         return earliest + timedelta(days=self.rng.randrange((latest - earliest).days + 1))
 
-    def _new_id(self, division: str, born: date, sex: str) -> str:
+    def _new_id(self, division: str, born: date, sex: Sex) -> str:
         while True:
             number = generate_id_number(
-                self.rng, division_code=division, birth_date=born, sex=sex  # type: ignore[arg-type]
+                self.rng, division_code=division, birth_date=born, sex=sex
             )
             if number not in self._ids:
                 self._ids.add(number)
@@ -595,6 +595,7 @@ class _Simulation:
             pick(no_enrollment - len(tax_cases), ("wechat",), "payment_for_wrong_year")
         else:
             pick(no_enrollment, ("tax",), "payment_before_enrollment")
+        roles: tuple[str, ...]
         for kind, roles in (
             ("malformed_registration", ("wechat", "community_qr", "tax")),
             ("malformed_enrollment", ("wechat", "community_qr")),
