@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -35,7 +34,7 @@ from contract.coverage import CoverageRequest
 from contract.messages import check_utf8
 from contract.subjects import COVERAGE_QUERY
 from contract.subjects import COVERAGE_QUERY_GROUP as QUEUE_GROUP
-from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
+from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of, fold
 from ledger.domain.identity import ResidentId
 from ledger.domain.person import person_id
 from ledger.domain.refusals import Malformed, Refusal
@@ -72,7 +71,7 @@ class CoverageAnswerer:
         assert request is not None
         if request.as_of is not None or self.projection is None:
             return None
-        key = self.ledger.keyer.key_of(request.resident)  # type: ignore[attr-defined]
+        key = self.ledger.keyer.key_of(request.resident)
         known = self.projection.answer(key, request.date)
         if known is None:
             return None
@@ -86,13 +85,12 @@ class CoverageAnswerer:
             return quick
         request, _ = _parse(data)
         assert request is not None
-        key = self.ledger.keyer.key_of(request.resident)  # type: ignore[attr-defined]
+        key = self.ledger.keyer.key_of(request.resident)
         events = list(self.ledger.repository.event_store.get(person_id(key)))
         if request.as_of is not None:
             result = answer_as_of(events, key, request.date, request.as_of)
         else:
-            person = reduce(lambda aggregate, event: event.mutate(aggregate), events, None) if events else None
-            result = answer(person, key, request.date)
+            result = answer(fold(events), key, request.date)
         if self.projection is not None:
             seq = self.projection.position
         else:

@@ -15,9 +15,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from eventsourcing.persistence import Tracking
@@ -32,6 +33,10 @@ from projections.database import Database
 from projections.downstream import CoveragePublisher
 from projections.projection import LedgerProjection
 from projections.views import REJECTED_TRACKING, LedgerViews
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
 
 log = logging.getLogger("ledger.projections")
 
@@ -105,10 +110,11 @@ class RejectionsReader:
                     # when the ordered consumer has missed enough heartbeats to reset itself.
                     reconnected.clear()
                     old, sub = sub, None
-                    try:
-                        await old.unsubscribe()
-                    except Exception:  # noqa: BLE001 - the old consumer expires on the server
-                        pass
+                    if old is not None:  # (None: following again failed the last time)
+                        try:
+                            await old.unsubscribe()
+                        except Exception:  # noqa: BLE001 - the old consumer expires on the server
+                            pass
                     try:
                         sub = await self._follow(js)
                     except Exception as e:  # noqa: BLE001 - JetStream may still be recovering: retried
@@ -121,7 +127,7 @@ class RejectionsReader:
         finally:
             await nc.close()
 
-    async def _follow(self, js: Any) -> Any:
+    async def _follow(self, js: JetStreamContext) -> JetStreamContext.PushSubscription:
         """An ordered consumer from just after the last rejection read (its late messages, once
         another replaced it, are ignored)."""
         from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -134,13 +140,13 @@ class RejectionsReader:
             opt_start_seq=after + 1 if after else None,
         )
 
-        async def on(msg: Any) -> None:
+        async def on(msg: Msg) -> None:
             if generation == self._generation and msg.metadata.sequence.stream > self._last:
                 await self._on(msg)
 
         return await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=on)
 
-    async def _on(self, msg: Any) -> None:
+    async def _on(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
             rejection = decode_rejection(msg.data)
@@ -196,19 +202,27 @@ class Projections:
         projection_class = LedgerProjection.configured(
             policy=policy, load=_loader(loader), until=until, publish=publish
         )
-        self.runner: ProjectionRunner[Ledger, LedgerViews] = ProjectionRunner(
-            application_class=Ledger,
-            projection_class=projection_class,
-            view_class=LedgerViews,
-            env=views_env(ledger_env, views_url),
-        ).__enter__()
-        self.view: LedgerViews = self.runner.view
-        self.projection: LedgerProjection = self.runner.projection  # type: ignore[assignment]
-        self.publisher: CoveragePublisher | None = None
-        if publish:
-            self.publisher = CoveragePublisher(self.view.db, nats_url, replicas=replicas, active=not standby, source=source)
-            self.view.after_commit(self.publisher.notify)
-        self.rejections = RejectionsReader(nats_url, self.projection, stream=rejected_stream)
+        with ExitStack() as started:
+            self.runner: ProjectionRunner[Ledger, LedgerViews] = started.enter_context(
+                ProjectionRunner(
+                    application_class=Ledger,
+                    projection_class=projection_class,
+                    view_class=LedgerViews,
+                    env=views_env(ledger_env, views_url),
+                )
+            )
+            self.view: LedgerViews = self.runner.view
+            projection = self.runner.projection
+            assert isinstance(projection, LedgerProjection)  # made from projection_class
+            self.projection = projection
+            self.publisher: CoveragePublisher | None = None
+            if publish:
+                self.publisher = CoveragePublisher(self.view.db, nats_url, replicas=replicas, active=not standby, source=source)
+                self.view.after_commit(self.publisher.notify)
+            self.rejections = RejectionsReader(nats_url, self.projection, stream=rejected_stream)
+            self._runner_exit = started.pop_all()
+            """Stops the runner (its subscription and thread); closed by ``close``, or here at
+            once when a later part fails to start."""
 
     def position(self) -> tuple[int, int]:
         """The committed positions: (LEDGER sequence, REJECTED sequence)."""
@@ -231,7 +245,7 @@ class Projections:
     def close(self) -> None:
         self.rejections.stop()
         try:
-            self.runner.__exit__(None, None, None)
+            self._runner_exit.close()
         finally:
             try:
                 self.view.commit()

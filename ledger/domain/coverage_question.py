@@ -10,11 +10,12 @@ cancellation.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import reduce
 from typing import Any
+
+from eventsourcing.domain import DomainEventProtocol
 
 from ledger.domain.person import AWAITING_PAYMENT, ENDED, ENROLLED, Enrollment, InsuredPerson
 
@@ -76,11 +77,24 @@ def answer(person: InsuredPerson | None, person_key: str, day: date, as_of: date
     )
 
 
-def answer_as_of(events: Iterable[Any], person_key: str, day: date, as_of: datetime) -> CoverageAnswer:
+def answer_as_of(events: Iterable[DomainEventProtocol[Any]], person_key: str, day: date, as_of: datetime) -> CoverageAnswer:
     """Coverage on ``day`` as the ledger knew it at ``as_of`` (events recorded by then only)."""
-    known = [e for e in events if e.timestamp <= as_of]
-    person = reduce(lambda aggregate, e: e.mutate(aggregate), known, None) if known else None
-    return answer(person, person_key, day, as_of)
+    return answer(fold(e for e in _of_a_person(events) if e.timestamp <= as_of), person_key, day, as_of)
+
+
+def fold(events: Iterable[DomainEventProtocol[Any]]) -> InsuredPerson | None:
+    """The person the events of one person make, in order (None: no events)."""
+    person: InsuredPerson | None = None
+    for e in _of_a_person(events):
+        person = e.mutate(person)
+    return person
+
+
+def _of_a_person(events: Iterable[DomainEventProtocol[Any]]) -> Iterator[InsuredPerson.Event]:
+    for e in events:
+        if not isinstance(e, InsuredPerson.Event):
+            raise TypeError(f"not an event of a person: {e!r}")
+        yield e
 
 
 def _terms_of(enrollment: Enrollment | None) -> tuple[date | None, date | None, date | None]:
