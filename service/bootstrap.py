@@ -1,4 +1,21 @@
-"""The composition root: builds the ledger service from its settings and tears it down."""
+"""The composition root: builds ``ledger serve`` from its settings and tears it down.
+
+``running(settings)`` assembles the service on one ``AsyncExitStack``, in this order, and takes it
+apart in the reverse order:
+
+1. the data directory's lock (a second serve on the same directory refuses to start);
+2. the embedded nats-server, when no ``nats_url`` is set — so it is stopped last;
+3. the ledger (the event store's connection and the policy);
+4. the checkpoints (signed by the writer; once more when a writer stops, after its ingestion);
+5. the broker's connection, and the streams the ingestion needs;
+6. the projections (views, rejections reader, downstream publisher — held back on a standby);
+7. the coverage.query responder;
+8. the ingestion (the writer lease, the consumer);
+9. the ``serve.url`` file other commands find the server by.
+
+The CLI, the demo, the benchmarks and the tests build the service, or its parts, through the
+functions here (``ingestion`` for the consumer alone); nothing else wires them together.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +27,28 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.app import IngestService, IngestSettings
+    from ledger.application import Ledger
+    from ledger.jetstream.evidence import Checkpointer
+    from projections.queries import CoverageQueryService
+    from projections.runner import Projections
 
 log = logging.getLogger("ledger")
+
+SERVE_URL_FILE = "serve.url"
+"""Written by a running ``ledger serve`` in its data directory: other commands use its server."""
+
+INTERRUPTED = 130
+"""The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
 
 
 def default_views_url(data_dir: Path) -> str:
@@ -24,134 +59,257 @@ def default_views_url(data_dir: Path) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    return asyncio.run(serve(args))
+    settings = Settings.read(
+        nats_url=args.nats_url, data_dir=args.data_dir, views_url=args.views, policy_file=args.policy,
+        batch_size=args.batch_size, replicas=args.replicas, sync_interval=args.sync_interval, port=args.port,
+        cipher_key_file=args.cipher_key_file,
+    )  # fmt: skip
+    return asyncio.run(serve(settings))
 
 
-async def serve(args: argparse.Namespace) -> int:
+@dataclass
+class Service:
+    """A running ``ledger serve``: its parts, as ``running`` built them."""
+
+    settings: Settings
+    url: str
+    ledger: Ledger
+    broker: Any
+    connection: Any
+    projections: Projections
+    queries: CoverageQueryService
+    checkpoints: Checkpointer
+    ingestion: IngestService
+
+    def check(self) -> None:
+        """Raise what stopped a part: a failed projection, a connection closed for good."""
+        self.projections.check()
+        if self.connection.is_closed:
+            raise SystemExit("the NATS connection is closed for good: stopping (a supervisor restarts the service)")
+
+    def checkpoint(self) -> None:
+        _checkpoint(self.checkpoints)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT or SIGTERM; stop gracefully. Exit code 0, or 130 after Ctrl-C."""
+    stop = asyncio.Event()
+    interrupted = False
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal interrupted
+        interrupted = interrupted or sig == signal.SIGINT
+        if stop.is_set():
+            log.warning("event=stopping_already signal=%s: still stopping gracefully", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with running(settings) as service:
+            print(f"ledger serving on {_redacted(service.url)}", flush=True)
+            next_checkpoint = time.monotonic() + settings.checkpoint_seconds
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                except TimeoutError:
+                    service.check()
+                if time.monotonic() >= next_checkpoint and service.ingestion.writing:
+                    await asyncio.to_thread(service.checkpoint)
+                    next_checkpoint = time.monotonic() + settings.checkpoint_seconds
+            stats = service.ingestion.stats
+            log.info(
+                "event=stopping recorded=%d rejected=%d questions=%d",
+                stats.recorded, stats.rejected, service.queries.answered,
+            )  # fmt: skip
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("event=stopped")
+    return INTERRUPTED if interrupted else 0
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    """The whole service, started; taken apart in reverse order on leaving (module docstring)."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        stack.enter_context(_lock_data_dir(data_dir))
+        url = settings.nats_url
+        if not url:
+            url = await stack.enter_async_context(embedded_server(settings))
+        ledger = await asyncio.to_thread(ledger_for, settings, url)
+        stack.push_async_callback(asyncio.to_thread, ledger.close)
+        checkpoints = start_checkpoints(ledger, settings)
+        roles: list[str] = []
+        # A writer that stops signs a last checkpoint, once its ingestion and broker have stopped.
+        stack.push_async_callback(_last_checkpoint, roles, checkpoints)
+        broker, nc = await stack.enter_async_context(connected_broker(url))
+        await ensure_ingest_streams(nc, settings.replicas)
+        projections = await asyncio.to_thread(start_projections, ledger, url, settings.views, settings.replicas, standby=True)
+        stack.push_async_callback(asyncio.to_thread, projections.close)
+        log.info("event=projections views=%s position=%s", _redacted(settings.views), projections.position())
+        _warn_without_policy_table(ledger.policy)
+        queries = await stack.enter_async_context(answering(ledger, broker, projections))
+        publishing = _publishing_while_writing(projections)
+
+        def on_role(role: str) -> None:
+            roles.append(role)
+            publishing(role)
+
+        ingestion = await stack.enter_async_context(ingesting(ledger, broker, ingest_settings(settings), on_role=on_role))
+        url_file = data_dir / SERVE_URL_FILE
+        url_file.write_text(url)
+        stack.callback(url_file.unlink, missing_ok=True)
+        log.info("event=ready nats=%s stream=%s consumer=%s", _redacted(url), settings.ledger_stream, ingestion.settings.durable)
+        yield Service(
+            settings=settings, url=url, ledger=ledger, broker=broker, connection=nc, projections=projections,
+            queries=queries, checkpoints=checkpoints, ingestion=ingestion,
+        )  # fmt: skip
+
+
+async def _last_checkpoint(roles: list[str], checkpoints: Checkpointer) -> None:
+    if roles and roles[-1] == "writer":
+        await asyncio.to_thread(_checkpoint, checkpoints)
+
+
+def _publishing_while_writing(projections: Projections) -> Callable[[str], None]:
+    """Only the writer publishes coverage downstream and signs checkpoints; a standby keeps its
+    views and answers coverage.query."""
+
+    def on_role(role: str) -> None:
+        publisher = projections.publisher
+        if publisher is None:
+            return
+        if role == "writer":
+            publisher.activate()
+        else:
+            publisher.deactivate()
+
+    return on_role
+
+
+@asynccontextmanager
+async def embedded_server(settings: Settings) -> AsyncIterator[str]:
+    """A nats-server of our own under DATA_DIR/nats, stopped on leaving; yields its URL. It runs
+    in a session of its own, so Ctrl-C in a terminal reaches serve, which stops it last."""
+    from ledger.jetstream.server import EmbeddedNatsServer
+
+    server = EmbeddedNatsServer(
+        settings.data_dir / "nats", port=settings.port, sync_interval=settings.sync_interval, own_session=True
+    )
+    await asyncio.to_thread(server.start)
+    print(f"embedded nats-server: {server.url} (data in {server.data_dir})", flush=True)
+    try:
+        yield server.url
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@asynccontextmanager
+async def connected_broker(url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """A FastStream broker connected to ``url`` (and its nats-py connection), stopped on leaving.
+    It reconnects for as long as it takes (a node or the cluster down for minutes): nats-py's
+    default gives up after 60 attempts, and FastStream then spins on a closed connection."""
     from faststream.nats import NatsBroker
 
-    from consumers.app import IngestService, IngestSettings
     from ledger.jetstream.client import server_urls
-    from ledger.jetstream.server import EmbeddedNatsServer
+
+    broker = NatsBroker(server_urls(url), logger=None, max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=2)
+    nc = await broker.connect()
+    try:
+        yield broker, nc
+    finally:
+        await broker.stop()
+
+
+def ingest_settings(settings: Settings) -> IngestSettings:
+    from consumers.app import IngestSettings
+
+    return IngestSettings(batch_size=settings.batch_size, replicas=settings.replicas, lease_ttl=settings.lease_seconds)
+
+
+@asynccontextmanager
+async def ingesting(
+    ledger: Ledger,
+    broker: Any,
+    settings: IngestSettings | None = None,
+    *,
+    on_batch: Callable[[list[Any]], None] | None = None,
+    on_role: Callable[[str], None] | None = None,
+    contend: bool = True,
+) -> AsyncIterator[IngestService]:
+    """The ingestion on ``broker`` (connected): the streams it needs, its consumer started and,
+    with ``contend``, contending for the writer lease; closed on leaving (the lease released, so
+    a standby takes over at once rather than after the lease's TTL)."""
+    from consumers.app import IngestService
+
+    service = IngestService(ledger, broker, settings, on_batch=on_batch, on_role=on_role)
+    nc = await broker.connect()
+    await ensure_ingest_streams(nc, service.settings.replicas)
+    await broker.start()
+    if contend:
+        await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+@asynccontextmanager
+async def answering(ledger: Ledger, broker: Any, projections: Projections | None = None) -> AsyncIterator[CoverageQueryService]:
+    """The coverage.query responder on ``broker``'s connection (in a queue group), answering from
+    the live projections when given, else from the event store; unsubscribed on leaving."""
     from projections.queries import CoverageQueryService
 
-    data_dir: Path = args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock_data_dir(data_dir)
-    server = None
-    url = args.nats_url
-    if not url:
-        server = EmbeddedNatsServer(data_dir / "nats", port=args.port, sync_interval=args.sync_interval)
-        await asyncio.to_thread(server.start)
-        url = server.url
-        print(f"embedded nats-server: {url} (data in {server.data_dir})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    projections = None
-    url_file = data_dir / SERVE_URL_FILE
+    queries = CoverageQueryService(ledger, broker, projections.projection if projections is not None else None)
+    await queries.start(await broker.connect())
     try:
-        os.environ["NATS_REPLICAS"] = str(args.replicas)  # the LEDGER stream's, read by the event store
-        ledger = await asyncio.to_thread(
-            build_ledger, url, data_dir, args.policy, embedded=server is not None, cipher_key_file=args.cipher_key_file
-        )
-        # Reconnect for as long as it takes (a node or the cluster down for minutes): nats-py's
-        # default gives up after 60 attempts, and FastStream then spins on a closed connection.
-        broker = NatsBroker(
-            server_urls(url), logger=None, max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=2
-        )
-        def on_role(role: str) -> None:
-            """Only the writer publishes coverage downstream and signs checkpoints; a standby
-            keeps its views and answers coverage.query."""
-            if projections is None or projections.publisher is None:
-                return
-            if role == "writer":
-                projections.publisher.activate()
-            elif hasattr(projections.publisher, "deactivate"):
-                projections.publisher.deactivate()
-
-        service = IngestService(
-            ledger, broker, on_role=on_role, settings=
-            IngestSettings(
-                batch_size=args.batch_size, replicas=args.replicas,
-                lease_ttl=float(os.environ.get("LEDGER_LEASE_SECONDS", "5")),
-            ),
-        )  # fmt: skip
-        await broker.connect()
-        await ensure_ingest_streams(broker, args.replicas)
-        views_url = args.views or default_views_url(data_dir)
-        projections = await asyncio.to_thread(start_projections, ledger, url, views_url, args.replicas, standby=True)
-        log.info("event=projections views=%s position=%s", _redacted(views_url), projections.position())
-        _warn_without_policy_table(ledger.policy)
-        queries = CoverageQueryService(ledger, broker, projections.projection)
-        await queries.start(broker.config.connection_state.connection)
-        checkpoints = start_checkpoints(ledger, data_dir, args.replicas)
-        await broker.start()
-        await service.start()
-        url_file.write_text(url)
-        log.info("event=ready nats=%s stream=LEDGER consumer=%s", _redacted(url), service.settings.durable)
-        print(f"ledger serving on {_redacted(url)}", flush=True)
-        interval = float(os.environ.get("LEDGER_CHECKPOINT_SECONDS", "60"))
-        next_checkpoint = time.monotonic() + interval
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                projections.check()  # a failed projection stops the service loudly
-                if broker.config.connection_state.connection.is_closed:
-                    raise SystemExit("the NATS connection is closed for good: stopping (a supervisor restarts the service)")
-            if time.monotonic() >= next_checkpoint and service.writing:
-                await asyncio.to_thread(_checkpoint, checkpoints)
-                next_checkpoint = time.monotonic() + interval
-        log.info(
-            "event=stopping recorded=%d rejected=%d questions=%d",
-            service.stats.recorded, service.stats.rejected, queries.answered,
-        )  # fmt: skip
-        await queries.stop()
-        writing = service.writing
-        await service.close()  # a standby takes over at once, not after the lease's TTL
-        await broker.stop()
-        if writing:
-            await asyncio.to_thread(_checkpoint, checkpoints)
+        yield queries
     finally:
-        url_file.unlink(missing_ok=True)
-        if projections is not None:
-            await asyncio.to_thread(projections.close)
-        if "ledger" in locals():
-            await asyncio.to_thread(ledger.close)
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-        lock.close()
-    log.info("event=stopped")
-    return 0
+        await queries.stop()
 
 
-def _lock_data_dir(data_dir: Path) -> Any:
+@asynccontextmanager
+async def ingestion(
+    ledger: Ledger,
+    url: str,
+    settings: IngestSettings | None = None,
+    *,
+    on_batch: Callable[[list[Any]], None] | None = None,
+    on_role: Callable[[str], None] | None = None,
+    contend: bool = True,
+) -> AsyncIterator[IngestService]:
+    """``ingesting`` on a broker of its own, connected to ``url`` (tests, benchmarks)."""
+    async with connected_broker(url) as (broker, _), ingesting(
+        ledger, broker, settings, on_batch=on_batch, on_role=on_role, contend=contend
+    ) as service:
+        yield service
+
+
+@contextmanager
+def _lock_data_dir(data_dir: Path) -> Iterator[None]:
     """Hold ``DATA_DIR/serve.lock`` for as long as this ``serve`` runs: a second ``serve`` on the
     same directory would start a second nats-server on the same store and share the views."""
     import fcntl
 
-    lock = open(data_dir / "serve.lock", "a+")  # noqa: SIM115 - held until serve stops
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    with open(data_dir / "serve.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise SystemExit(
+                f"another ledger serve (pid {holder}) is running on {data_dir}: stop it first, or start this one "
+                "with its own --data-dir and the same --nats-url to stand by as a second writer"
+            ) from None
         lock.seek(0)
-        holder = lock.read().strip() or "?"
-        lock.close()
-        raise SystemExit(
-            f"another ledger serve (pid {holder}) is running on {data_dir}: stop it first, or start this one "
-            "with its own --data-dir and the same --nats-url to stand by as a second writer"
-        ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
-
-
-SERVE_URL_FILE = "serve.url"
-"""Written by a running ``ledger serve`` in its data directory: other commands use its server."""
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
 
 
 def _warn_without_policy_table(policy: Any) -> None:
@@ -170,7 +328,7 @@ def _warn_without_policy_table(policy: Any) -> None:
         )  # fmt: skip
 
 
-def start_projections(ledger: Any, url: str, views_url: str, replicas: int = 1, *, standby: bool = False) -> Any:
+def start_projections(ledger: Ledger, url: str, views_url: str, replicas: int = 1, *, standby: bool = False) -> Projections:
     """The live projections of ``ledger`` into ``views_url``, publishing coverage downstream
     (with ``standby``, only once ``publisher.activate()`` is called: the writer publishes)."""
     from projections.runner import Projections
@@ -181,18 +339,17 @@ def start_projections(ledger: Any, url: str, views_url: str, replicas: int = 1, 
     )  # fmt: skip
 
 
-def start_checkpoints(ledger: Any, data_dir: Path, replicas: int = 1) -> Any:
-    """Signed checkpoints of LEDGER (tamper evidence), with the key from LEDGER_SIGNING_KEY_FILE
-    or, by default, DATA_DIR/signing-key.pem (created once; its public half beside it)."""
+def start_checkpoints(ledger: Ledger, settings: Settings) -> Checkpointer:
+    """Signed checkpoints of LEDGER (tamper evidence), with the key of ``signing_key_file`` or,
+    by default, DATA_DIR/signing-key.pem (created once; its public half beside it)."""
     from ledger.jetstream.evidence import Checkpointer, SigningKey
 
-    path = Path(os.environ.get("LEDGER_SIGNING_KEY_FILE") or data_dir / "signing-key.pem")
-    key = SigningKey.local(path)
+    key = SigningKey.local(settings.signing_key_file or settings.data_dir / "signing-key.pem")
     log.info("event=checkpoints key_id=%s", key.key_id())
-    return Checkpointer(ledger.recorder.datastore, key, replicas=replicas)
+    return Checkpointer(ledger.recorder.datastore, key, replicas=settings.replicas)  # type: ignore[attr-defined]  # the JetStream recorder's
 
 
-def _checkpoint(checkpoints: Any) -> None:
+def _checkpoint(checkpoints: Checkpointer) -> None:
     try:
         last = checkpoints.checkpoint()
     except Exception as e:  # noqa: BLE001 - retried at the next interval; the events are safe
@@ -211,59 +368,61 @@ def _redacted(url: str) -> str:
     return url
 
 
-def build_ledger(
-    url: str, data_dir: Path, policy_file: Path | None, *, embedded: bool, cache: bool = True, cipher_key_file: Path | None = None
-) -> Any:
-    """The Ledger on the JetStream store at ``url``, with the region's policy."""
+def ledger_for(settings: Settings, url: str, *, cache: bool = True, embedded: bool | None = None) -> Ledger:
+    """The Ledger on the JetStream store at ``url``, with the region's policy. ``cache``: the
+    ingestion's (one process writes: keep persons in memory, trust them, check on save)."""
     from ledger.application import PERSON_KEY_SECRET, Ledger
     from ledger.domain.identity import PersonKeyer
     from ledger.domain.policy import DEFAULT_POLICY, load_policy
 
-    env = {
-        "PERSISTENCE_MODULE": "ledger.jetstream",
-        "NATS_URL": url,
-        # One ingestion process writes: keep persons in memory, trust them, check on save.
-        "AGGREGATE_CACHE_MAXSIZE": os.environ.get("LEDGER_CACHE_SIZE", "200000"),
-        "AGGREGATE_CACHE_FASTFORWARD": "n",
-        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
-    }
-    if not cache:
-        env = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url}
-    env.update(cipher_settings(cipher_key_file))
-    secret = person_key_secret(data_dir, embedded=embedded)
-    return Ledger({**env, PERSON_KEY_SECRET: secret}, policy=load_policy(policy_file or DEFAULT_POLICY), keyer=PersonKeyer(secret.encode()))
+    env = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url, **settings.ledger_env()}
+    if cache:
+        env.update({
+            "AGGREGATE_CACHE_MAXSIZE": str(settings.cache_size),
+            "AGGREGATE_CACHE_FASTFORWARD": "n",
+            "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+        })  # fmt: skip
+    env.update(cipher_settings(settings))
+    secret = person_key_secret(settings, embedded=embedded)
+    policy = load_policy(settings.policy_file or DEFAULT_POLICY)
+    return Ledger({**env, PERSON_KEY_SECRET: secret}, policy=policy, keyer=PersonKeyer(secret.encode()))
 
 
-CIPHER_KEY = "LEDGER_CIPHER_KEY"
-CIPHER_KEY_FILE = "LEDGER_CIPHER_KEY_FILE"
+def build_ledger(
+    url: str, data_dir: Path, policy_file: Path | None, *, embedded: bool, cache: bool = True, cipher_key_file: Path | None = None
+) -> Ledger:
+    """``ledger_for`` with the settings of the environment and these (the one-off commands)."""
+    settings = Settings.read(data_dir=data_dir, policy_file=policy_file, cipher_key_file=cipher_key_file)
+    return ledger_for(settings, url, cache=cache, embedded=embedded)
 
 
-def cipher_settings(key_file: Path | None = None) -> dict[str, str]:
+def cipher_settings(settings: Settings) -> dict[str, str]:
     """Payload encryption with the library's cipher (AES-GCM) when a key is configured: the file
-    ``key_file`` (``serve --cipher-key-file``), else ``LEDGER_CIPHER_KEY`` (base64 of 16, 24 or 32
-    random bytes), else the file named by ``LEDGER_CIPHER_KEY_FILE``. The projections and every
-    command reading events take the ledger's environment, so they decrypt with the same key."""
-    key = "" if key_file else os.environ.get(CIPHER_KEY, "").strip()
-    path = key_file or os.environ.get(CIPHER_KEY_FILE)
-    if not key and path:
+    ``cipher_key_file`` (``--cipher-key-file`` or ``LEDGER_CIPHER_KEY_FILE``), else
+    ``cipher_key`` (``LEDGER_CIPHER_KEY``: base64 of 16, 24 or 32 random bytes). The projections
+    and every command reading events take the ledger's environment, so they decrypt with the
+    same key."""
+    key = (settings.cipher_key or "").strip()
+    if settings.cipher_key_file is not None:
         try:
-            key = Path(path).read_text().strip()
+            key = settings.cipher_key_file.read_text().strip()
         except OSError as e:
-            raise SystemExit(f"cipher key file {path}: {e.strerror}") from None
+            raise SystemExit(f"cipher key file {settings.cipher_key_file}: {e.strerror}") from None
     if not key:
         return {}
     return {"CIPHER_TOPIC": "eventsourcing.cipher:AESCipher", "CIPHER_KEY": key}
 
 
-def person_key_secret(data_dir: Path, *, embedded: bool) -> str:
-    """The person-key secret: from the environment, else (embedded server only) the data directory's."""
+def person_key_secret(settings: Settings, *, embedded: bool | None = None) -> str:
+    """The person-key secret: from the settings, else (embedded server only: ``embedded``, by
+    default the settings') the data directory's."""
     from ledger.application import PERSON_KEY_SECRET
 
-    secret = os.environ.get(PERSON_KEY_SECRET)
+    secret = settings.person_key_secret
     if not secret:
-        if not embedded:
+        if not (settings.embedded if embedded is None else embedded):
             raise SystemExit(f"{PERSON_KEY_SECRET} must be set when using an existing NATS server")
-        secret = local_secret(data_dir / "person-key.secret")
+        secret = local_secret(settings.data_dir / "person-key.secret")
     return secret
 
 
@@ -275,16 +434,16 @@ def local_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-async def ensure_ingest_streams(broker: Any, replicas: int = 1) -> None:
+async def ensure_ingest_streams(connection: Any, replicas: int = 1) -> None:
+    """UPSTREAM and REJECTED, created if missing (an existing one with weaker settings is
+    refused, an older REJECTED upgraded). ``connection``: a nats-py connection or a broker."""
     from consumers.streams import rejected_spec, upstream_spec
 
-    nc = broker.config.connection_state.connection
+    nc = await connection.connect() if hasattr(connection, "subscriber") else connection
 
     async def api(subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
         reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
-        return json.loads(reply.data)
+        return dict(json.loads(reply.data))
 
     for spec in (upstream_spec(replicas), rejected_spec(replicas)):
         await spec.ensure(api)
-
-

@@ -11,12 +11,12 @@ from typing import Any
 
 import nats
 import pytest
-from faststream.nats import NatsBroker
 
 from ledger.application import Actor, Ledger
+from ledger.commands import ReceivePayment, RequestEnrollment
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.server import EmbeddedNatsServer
-from projections.queries import CoverageQueryService
+from service.bootstrap import answering, connected_broker
 from tests.integration.ingest_support import SECRET, people
 
 CST = timezone(timedelta(hours=8))
@@ -26,20 +26,16 @@ WECHAT = Actor("payment", "wechat")
 
 def ask(url: str, ledger: Ledger, requests: list[Any]) -> list[dict[str, Any]]:
     async def run() -> list[dict[str, Any]]:
-        broker = NatsBroker(url, logger=None)
-        service = CoverageQueryService(ledger, broker)
-        await broker.start()
-        await service.start(broker.config.connection_state.connection)
-        nc = await nats.connect(url)
-        try:
-            replies = []
-            for request in requests:
-                data = request if isinstance(request, bytes) else json.dumps(request).encode()
-                replies.append(json.loads((await nc.request("coverage.query", data, timeout=5)).data))
-            return replies
-        finally:
-            await nc.close()
-            await broker.stop()
+        async with connected_broker(url) as (broker, _), answering(ledger, broker):
+            nc = await nats.connect(url)
+            try:
+                replies = []
+                for request in requests:
+                    data = request if isinstance(request, bytes) else json.dumps(request).encode()
+                    replies.append(json.loads((await nc.request("coverage.query", data, timeout=5)).data))
+                return replies
+            finally:
+                await nc.close()
 
     return asyncio.run(run())
 
@@ -55,10 +51,10 @@ def ledger(tmp_path: Path) -> Any:
 def test_a_covered_person_an_unknown_one_and_bad_requests(ledger: Any) -> None:
     url, app = ledger
     september = datetime(2021, 9, 2, 10, tzinfo=CST)
-    app.request_enrollment(msg_id="e", occurred_at=september, id_number=ALICE, coverage_year=2022,
-                           category="resident", channel="wechat", district="340104", actor=WECHAT)
-    app.receive_payment(msg_id="p", occurred_at=september, id_number=ALICE, coverage_year=2022, amount_fen=32000,
-                        channel="wechat", paid_at=september, actor=WECHAT)
+    app.request_enrollment(RequestEnrollment(msg_id="e", occurred_at=september, id_number=ALICE, coverage_year=2022,
+                           category="resident", channel="wechat", district="340104"), WECHAT)
+    app.receive_payment(ReceivePayment(msg_id="p", occurred_at=september, id_number=ALICE, coverage_year=2022, amount_fen=32000,
+                        channel="wechat", paid_at=september), WECHAT)
 
     covered, unknown, not_json, bad_id, no_date = ask(url, app, [
         {"id_number": ALICE, "date": "2022-03-01"},
@@ -83,13 +79,13 @@ def test_a_covered_person_an_unknown_one_and_bad_requests(ledger: Any) -> None:
 def test_as_of_answers_what_the_ledger_knew_at_that_recorded_time(ledger: Any) -> None:
     url, app = ledger
     september = datetime(2021, 9, 2, 10, tzinfo=CST)
-    app.request_enrollment(msg_id="e", occurred_at=september, id_number=ALICE, coverage_year=2022,
-                           category="resident", channel="wechat", district="340104", actor=WECHAT)
+    app.request_enrollment(RequestEnrollment(msg_id="e", occurred_at=september, id_number=ALICE, coverage_year=2022,
+                           category="resident", channel="wechat", district="340104"), WECHAT)
     time.sleep(0.01)
     before_payment = datetime.now(CST)
     time.sleep(0.01)
-    app.receive_payment(msg_id="p", occurred_at=september, id_number=ALICE, coverage_year=2022, amount_fen=32000,
-                        channel="wechat", paid_at=september, actor=WECHAT)
+    app.receive_payment(ReceivePayment(msg_id="p", occurred_at=september, id_number=ALICE, coverage_year=2022, amount_fen=32000,
+                        channel="wechat", paid_at=september), WECHAT)
 
     then, now = ask(url, app, [
         {"id_number": ALICE, "date": "2022-03-01", "as_of": before_payment.isoformat()},

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.nats import NatsBroker
 
 from consumers.app import IngestService, IngestSettings
 from ledger.application import Ledger
 from ledger.domain.cash import collector_id
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.server import EmbeddedNatsServer
-from service.bootstrap import ensure_ingest_streams
+from service.bootstrap import ingestion
 from tests.integration.ingest_support import (
     SECRET,
     T0,
@@ -262,17 +261,12 @@ def _serve_while(
         ledger = await asyncio.to_thread(
             Ledger, {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url}, keyer=PersonKeyer(SECRET.encode())
         )
-        broker = NatsBroker(url, logger=None)
-        service = IngestService(ledger, broker, IngestSettings(batch_size=100))
-        await broker.connect()
-        await ensure_ingest_streams(broker)
-        await broker.start()
         try:
-            await publish()
-            await _until(lambda: service.stats.done >= expected, 60)
-            return service, (await asyncio.to_thread(then, ledger) if then else None)
+            async with ingestion(ledger, url, IngestSettings(batch_size=100)) as service:
+                await publish()
+                await _until(lambda: service.stats.done >= expected, 60)
+                return service, (await asyncio.to_thread(then, ledger) if then else None)
         finally:
-            await broker.stop()
             await asyncio.to_thread(ledger.close)
 
     return asyncio.run(run())
@@ -328,21 +322,14 @@ def test_a_message_held_by_a_dead_consumer_does_not_hold_the_rest_back_for_ack_w
             Ledger, {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": server.url}, keyer=PersonKeyer(SECRET.encode())
         )
         settings = IngestSettings(batch_size=100, ack_wait=30)
-        first = NatsBroker(server.url, logger=None)  # the ledger's consumer, made as in production
-        IngestService(ledger, first, settings)
-        await first.connect()
-        await ensure_ingest_streams(first)
-        await first.start()
-        await first.stop()
-        broker = NatsBroker(server.url, logger=None)
-        service = IngestService(ledger, broker, settings)
         try:
+            async with ingestion(ledger, server.url, settings, contend=False):
+                pass  # the ledger's durable consumer, made as in production
             await publish_with_one_held()
-            await broker.start()
-            await _until(lambda: service.stats.done >= len(messages), 20)
-            return service, time.monotonic() - held["at"]
+            async with ingestion(ledger, server.url, settings) as service:
+                await _until(lambda: service.stats.done >= len(messages), 20)
+                return service, time.monotonic() - held["at"]
         finally:
-            await broker.stop()
             await asyncio.to_thread(ledger.close)
 
     service, took = asyncio.run(run())

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.nats import NatsBroker
 
-from consumers.app import IngestService, IngestSettings
+from consumers.app import IngestSettings
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.server import EmbeddedNatsServer
-from service.bootstrap import ensure_ingest_streams
+from service.bootstrap import ingestion
 from tests.integration.ingest_support import ROOT, SECRET, T0, people, publish_all
 
 ALICE, BOB = people(2, "parked")
@@ -30,10 +29,10 @@ class PaymentsBrokenUntilFixed(Ledger):
 
     fixed = False
 
-    def receive_payment(self, **kwargs: Any) -> Any:
+    def receive_payment(self, *args: Any) -> Any:
         if not self.fixed:
             raise RuntimeError("payment service bug")
-        return super().receive_payment(**kwargs)
+        return super().receive_payment(*args)
 
 
 def ledger_cli(url: str, *args: str) -> Any:
@@ -71,33 +70,26 @@ def test_a_parked_payment_holds_only_its_person_and_is_recorded_when_retried_aft
             PaymentsBrokenUntilFixed, {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": server.url},
             keyer=PersonKeyer(SECRET.encode()),
         )  # fmt: skip
-        broker = NatsBroker(server.url, logger=None)
-        service = IngestService(ledger, broker, IngestSettings(batch_size=10))
-        await broker.connect()
-        await ensure_ingest_streams(broker)
-        await broker.start()
-        await service.start()
         try:
-            await publish_all(server.url, messages)
-            deadline = time.monotonic() + 30
-            while service.stats.done < len(messages):
-                assert time.monotonic() < deadline, service.stats
-                await asyncio.sleep(0.02)
-            assert (service.stats.recorded, service.stats.parked) == (2, 2)
+            async with ingestion(ledger, server.url, IngestSettings(batch_size=10)) as service:
+                await publish_all(server.url, messages)
+                deadline = time.monotonic() + 30
+                while service.stats.done < len(messages):
+                    assert time.monotonic() < deadline, service.stats
+                    await asyncio.sleep(0.02)
+                assert (service.stats.recorded, service.stats.parked) == (2, 2)
 
-            listed = await asyncio.to_thread(ledger_cli, server.url, "list")
-            assert [(r["upstream_seq"], r["reason"]) for r in listed] == [(2, "unprocessable"), (4, "held")]
-            assert "payment service bug" in listed[0]["detail"]
+                listed = await asyncio.to_thread(ledger_cli, server.url, "list")
+                assert [(r["upstream_seq"], r["reason"]) for r in listed] == [(2, "unprocessable"), (4, "held")]
+                assert "payment service bug" in listed[0]["detail"]
 
-            ledger.fixed = True
-            retried = await asyncio.to_thread(ledger_cli, server.url, "retry")
-            assert [(r["upstream_seq"], r["outcome"]) for r in retried] == [(2, "recorded"), (4, "recorded")]
-            assert await asyncio.to_thread(ledger_cli, server.url, "list") == []
-            alice = await asyncio.to_thread(ledger.person, ALICE)
-            assert alice is not None and alice.enrollments[2022].paid_fen == 32000 and alice.name == "甲"
+                ledger.fixed = True
+                retried = await asyncio.to_thread(ledger_cli, server.url, "retry")
+                assert [(r["upstream_seq"], r["outcome"]) for r in retried] == [(2, "recorded"), (4, "recorded")]
+                assert await asyncio.to_thread(ledger_cli, server.url, "list") == []
+                alice = await asyncio.to_thread(ledger.person, ALICE)
+                assert alice is not None and alice.enrollments[2022].paid_fen == 32000 and alice.name == "甲"
         finally:
-            await service.close()
-            await broker.stop()
             await asyncio.to_thread(ledger.close)
 
     asyncio.run(run())

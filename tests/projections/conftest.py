@@ -24,16 +24,15 @@ from typing import Any
 
 import nats
 import pytest
-from faststream.nats import NatsBroker
 
-from consumers.app import IngestService, IngestSettings
+from consumers.app import IngestSettings
 from consumers.ingest import Verdict
-from consumers.streams import rejected_spec, upstream_spec
 from ledger.application import PERSON_KEY_SECRET, Ledger
 from ledger.domain.identity import generate_id_number
 from ledger.domain.policy import RegionPolicy, load_policy
 from ledger.jetstream.server import EmbeddedNatsServer
 from projections.runner import Projections, stream_last_seq
+from service.bootstrap import ingestion
 
 CST = timezone(timedelta(hours=8))
 """China Standard Time: upstream times carry +08:00."""
@@ -214,20 +213,13 @@ class Office:
                     verdicts.setdefault(verdict.msg_id, verdict)  # a redelivery comes back a duplicate
 
         async def run() -> None:
-            broker = NatsBroker(self.url, logger=None)
-            IngestService(ledger or self.ledger, broker, INGEST_SETTINGS, on_batch=collect)
-            await broker.connect()
-            await _ensure_ingest_streams(self.url)
-            await broker.start()
-            try:
+            async with ingestion(ledger or self.ledger, self.url, INGEST_SETTINGS, on_batch=collect):
                 await _publish(self.url, messages, resent=resent)
                 deadline = time.monotonic() + 60
                 while not expected <= verdicts.keys():
                     if time.monotonic() > deadline:
                         raise AssertionError(f"ingestion: no outcome for {sorted(expected - verdicts.keys())[:5]}")
                     await asyncio.sleep(0.01)
-            finally:
-                await broker.stop()
 
         asyncio.run(run())
         return verdicts
@@ -283,20 +275,6 @@ class Office:
         finally:
             for ledger in self._ledgers:
                 ledger.close()
-
-
-async def _ensure_ingest_streams(url: str) -> None:
-    nc = await nats.connect(url)
-    try:
-
-        async def api(subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-            reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
-            return json.loads(reply.data)
-
-        for spec in (upstream_spec(), rejected_spec()):
-            await spec.ensure(api)
-    finally:
-        await nc.close()
 
 
 async def _publish(url: str, messages: tuple[Message, ...], *, resent: bool) -> None:

@@ -61,12 +61,13 @@ from consumers.ingest import Delivery, Ingestor, Verdict
 from contract.coverage import CoverageRequest
 from contract.messages import SCHEMAS
 from ledger.application import Actor, Ledger
+from ledger.commands import ReceivePayment, RequestEnrollment
 from ledger.domain.identity import PersonKeyer, generate_id_number
 from ledger.domain.policy import load_policy
 from ledger.domain.refusals import REASONS
 from ledger.jetstream.server import EmbeddedNatsServer
 from projections.queries import CoverageAnswerer, CoverageQueryService
-from service.bootstrap import ensure_ingest_streams
+from service.bootstrap import answering, connected_broker, ingesting
 from tests.integration.ingest_support import rejections
 
 SECRET = b"fuzz-secret-fuzz-secret"
@@ -662,10 +663,10 @@ def query_ledger() -> Ledger:
         ledger = Ledger({}, policy=POLICY, keyer=KEYER)
         september = datetime(2021, 9, 2, 10, tzinfo=CST)
         wechat = Actor("payment", "wechat")
-        ledger.request_enrollment(msg_id="e", occurred_at=september, id_number=ID, coverage_year=2022,
-                                  category="resident", channel="wechat", district="340104", actor=wechat)  # fmt: skip
-        ledger.receive_payment(msg_id="p", occurred_at=september, id_number=ID, coverage_year=2022,
-                               amount_fen=32000, channel="wechat", paid_at=september, actor=wechat)  # fmt: skip
+        ledger.request_enrollment(RequestEnrollment(msg_id="e", occurred_at=september, id_number=ID, coverage_year=2022,
+                                  category="resident", channel="wechat", district="340104"), wechat)  # fmt: skip
+        ledger.receive_payment(ReceivePayment(msg_id="p", occurred_at=september, id_number=ID, coverage_year=2022,
+                               amount_fen=32000, channel="wechat", paid_at=september), wechat)  # fmt: skip
         _QUERY_LEDGER.append(ledger)
     return _QUERY_LEDGER[0]
 
@@ -771,20 +772,18 @@ async def running(url: str, body: Callable[[Running], Any]) -> Any:
     ledger = await asyncio.to_thread(
         Ledger, {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url}, policy=POLICY, keyer=KEYER
     )
-    broker = NatsBroker(url, logger=None)
-    ingest = IngestService(ledger, broker, IngestSettings(batch_size=100, ack_wait=2.0))
-    queries = CoverageQueryService(ledger, broker)
-    await broker.connect()
-    await ensure_ingest_streams(broker)
-    await broker.start()
-    await queries.start(broker.config.connection_state.connection)
-    nc = await nats.connect(url)
     try:
-        return await body(Running(url, ledger, broker, ingest, queries, nc))
+        async with (
+            connected_broker(url) as (broker, _),
+            answering(ledger, broker) as queries,
+            ingesting(ledger, broker, IngestSettings(batch_size=100, ack_wait=2.0)) as ingest,
+        ):
+            nc = await nats.connect(url)
+            try:
+                return await body(Running(url, ledger, broker, ingest, queries, nc))
+            finally:
+                await nc.close()
     finally:
-        await nc.close()
-        await queries.stop()
-        await broker.stop()
         await asyncio.to_thread(ledger.close)
 
 
@@ -907,10 +906,10 @@ def test_a_real_coverage_query_responder_answers_every_hostile_request_with_an_e
 def _enrol_and_pay(ledger: Ledger) -> None:
     september = datetime(2021, 9, 2, 10, tzinfo=CST)
     wechat = Actor("payment", "wechat")
-    ledger.request_enrollment(msg_id="e", occurred_at=september, id_number=ID, coverage_year=2022,
-                              category="resident", channel="wechat", district="340104", actor=wechat)  # fmt: skip
-    ledger.receive_payment(msg_id="p", occurred_at=september, id_number=ID, coverage_year=2022, amount_fen=32000,
-                           channel="wechat", paid_at=september, actor=wechat)  # fmt: skip
+    ledger.request_enrollment(RequestEnrollment(msg_id="e", occurred_at=september, id_number=ID, coverage_year=2022,
+                              category="resident", channel="wechat", district="340104"), wechat)  # fmt: skip
+    ledger.receive_payment(ReceivePayment(msg_id="p", occurred_at=september, id_number=ID, coverage_year=2022, amount_fen=32000,
+                           channel="wechat", paid_at=september), wechat)  # fmt: skip
 
 
 # ---- the figure ------------------------------------------------------------------------------

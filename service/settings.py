@@ -1,0 +1,108 @@
+"""The service's settings, read once: from the environment, then the command line's options.
+
+Every setting of ``ledger serve`` is a field here, with its environment variable and default;
+nothing below ``service/`` reads the environment for them. ``docs/configuration.md`` lists the
+same table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contract.subjects import LEDGER_PREFIX, LEDGER_STREAM
+
+
+def _setting(env: str, default: Any, meaning: str, *, option: str | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "option": option, "meaning": meaning})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """What one ``ledger serve`` needs to know, immutable once read."""
+
+    nats_url: str | None = _setting("NATS_URL", None, "the NATS server(s), comma-separated; none: an embedded server", option="--nats-url")
+    data_dir: Path = _setting("LEDGER_DATA_DIR", Path("data"), "embedded server's data, views, local secrets, the lock", option="--data-dir")
+    views_url: str | None = _setting("LEDGER_VIEWS", None, "view database (sqlite:///FILE or postgresql://…); default sqlite:///DATA_DIR/views.sqlite", option="--views")
+    policy_file: Path | None = _setting("LEDGER_POLICY", None, "the region's policy table; default Hefei's", option="--policy")
+    batch_size: int = _setting("LEDGER_BATCH_SIZE", 500, "upstream messages per pull", option="--batch-size")
+    replicas: int = _setting("NATS_REPLICAS", 1, "replicas of the streams and buckets serve creates (3 in a cluster)", option="--replicas")
+    sync_interval: str = _setting("LEDGER_SYNC_INTERVAL", "always", "embedded server's JetStream fsync policy", option="--sync-interval")
+    port: int = _setting("LEDGER_NATS_PORT", 0, "embedded server's port (0: a free one)", option="--port")
+    cipher_key: str | None = _setting("LEDGER_CIPHER_KEY", None, "base64 AES key encrypting event payloads")
+    cipher_key_file: Path | None = _setting("LEDGER_CIPHER_KEY_FILE", None, "file holding that key", option="--cipher-key-file")
+    person_key_secret: str | None = _setting("LEDGER_PERSON_KEY_SECRET", None, "HMAC key of person keys; generated in DATA_DIR with the embedded server only")
+    signing_key_file: Path | None = _setting("LEDGER_SIGNING_KEY_FILE", None, "ed25519 key signing checkpoints; default DATA_DIR/signing-key.pem (created)")
+    checkpoint_seconds: float = _setting("LEDGER_CHECKPOINT_SECONDS", 60.0, "how often the writer signs a checkpoint")
+    cache_size: int = _setting("LEDGER_CACHE_SIZE", 200_000, "persons the ingestion keeps in memory")
+    lease_seconds: float = _setting("LEDGER_LEASE_SECONDS", 5.0, "the writer lease's TTL: a standby takes over this long after the writer stops renewing")
+    ledger_stream: str = _setting("NATS_STREAM", LEDGER_STREAM, "the ledger's stream")
+    ledger_prefix: str = _setting("NATS_SUBJECT_PREFIX", LEDGER_PREFIX, "the ledger stream's subject prefix")
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:
+        """The settings from ``environ`` (default ``os.environ``), overridden by the options given
+        (a ``None`` option is not given). A malformed value is a ``SystemExit`` naming it."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"], "").strip()
+            if raw:
+                values[f.name] = _convert(f, raw, f.metadata["env"])
+        for name, value in options.items():
+            if name not in cls.__dataclass_fields__:
+                raise TypeError(f"no setting {name!r}")
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise SystemExit(f"the batch size must be at least 1, not {self.batch_size}")
+        if self.replicas not in (1, 3, 5):
+            raise SystemExit(f"replicas must be 1, 3 or 5, not {self.replicas}")
+        if self.lease_seconds <= 0 or self.checkpoint_seconds <= 0:
+            raise SystemExit("LEDGER_LEASE_SECONDS and LEDGER_CHECKPOINT_SECONDS must be positive")
+
+    @property
+    def embedded(self) -> bool:
+        """Whether serve starts its own nats-server (no ``nats_url``)."""
+        return not self.nats_url
+
+    @property
+    def views(self) -> str:
+        return self.views_url or f"sqlite:///{(self.data_dir / 'views.sqlite').resolve()}"
+
+    def ledger_env(self) -> dict[str, str]:
+        """The event store's part, as the ``eventsourcing`` environment of the ledger."""
+        return {"NATS_STREAM": self.ledger_stream, "NATS_SUBJECT_PREFIX": self.ledger_prefix, "NATS_REPLICAS": str(self.replicas)}
+
+
+def _convert(f: dataclasses.Field[Any], raw: str, env: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+    except ValueError:
+        raise SystemExit(f"{env}={raw!r} is not a {kind.split(' ')[0]}") from None
+    return raw
+
+
+def markdown_table() -> str:
+    """The settings as ``docs/configuration.md``'s table: variable, option, default, meaning."""
+    lines = ["| variable | option of `ledger serve` | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = "" if f.default is None else f"`{f.default}`"
+        option = f"`{f.metadata['option']}`" if f.metadata["option"] else ""
+        lines.append(f"| `{f.metadata['env']}` | {option} | {default} | {f.metadata['meaning']} |")
+    return "\n".join(lines) + "\n"
