@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ledger.jetstream.evidence import Checkpointer
     from projections.queries import CoverageQueryService
     from projections.runner import Projections
+    from service.observability import Observability
 
 log = logging.getLogger("ledger")
 
@@ -62,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.read(
         nats_url=args.nats_url, data_dir=args.data_dir, views_url=args.views, policy_file=args.policy,
         batch_size=args.batch_size, replicas=args.replicas, sync_interval=args.sync_interval, port=args.port,
-        cipher_key_file=args.cipher_key_file,
+        cipher_key_file=args.cipher_key_file, metrics_address=args.metrics_address,
     )  # fmt: skip
     return asyncio.run(serve(settings))
 
@@ -80,6 +81,8 @@ class Service:
     queries: CoverageQueryService
     checkpoints: Checkpointer
     ingestion: IngestService
+    observability: Observability | None = None
+    """/metrics, /healthz and /readyz, when ``metrics_address`` is set."""
 
     def check(self) -> None:
         """Raise what stopped a part: a failed projection, a connection closed for good."""
@@ -137,22 +140,27 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
     data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         stack.enter_context(_lock_data_dir(data_dir))
+        observed = await stack.enter_async_context(observability(settings))
         url = settings.nats_url
         if not url:
             url = await stack.enter_async_context(embedded_server(settings))
         ledger = await asyncio.to_thread(ledger_for, settings, url)
         stack.push_async_callback(asyncio.to_thread, ledger.close)
+        observed.watch(ledger=ledger)
         checkpoints = start_checkpoints(ledger, settings)
         roles: list[str] = []
         # A writer that stops signs a last checkpoint, once its ingestion and broker have stopped.
         stack.push_async_callback(_last_checkpoint, roles, checkpoints)
         broker, nc = await stack.enter_async_context(connected_broker(url))
         await ensure_ingest_streams(nc, settings.replicas)
+        observed.watch(connection=nc)
         projections = await asyncio.to_thread(start_projections, ledger, url, settings.views, settings.replicas, standby=True)
         stack.push_async_callback(asyncio.to_thread, projections.close)
+        observed.watch(projections=projections)
         log.info("event=projections views=%s position=%s", _redacted(settings.views), projections.position())
         _warn_without_policy_table(ledger.policy)
         queries = await stack.enter_async_context(answering(ledger, broker, projections))
+        observed.watch(queries=queries)
         publishing = _publishing_while_writing(projections)
 
         def on_role(role: str) -> None:
@@ -160,14 +168,43 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
             publishing(role)
 
         ingestion = await stack.enter_async_context(ingesting(ledger, broker, ingest_settings(settings), on_role=on_role))
+        observed.watch(service=ingestion)
         url_file = data_dir / SERVE_URL_FILE
         url_file.write_text(url)
         stack.callback(url_file.unlink, missing_ok=True)
         log.info("event=ready nats=%s stream=%s consumer=%s", _redacted(url), settings.ledger_stream, ingestion.settings.durable)
         yield Service(
             settings=settings, url=url, ledger=ledger, broker=broker, connection=nc, projections=projections,
-            queries=queries, checkpoints=checkpoints, ingestion=ingestion,
+            queries=queries, checkpoints=checkpoints, ingestion=ingestion, observability=observed.observability,
         )  # fmt: skip
+
+
+class _Watching:
+    """What ``running`` hands the parts it builds to: the observability, or nothing when it is off."""
+
+    def __init__(self, observability: Observability | None) -> None:
+        self.observability = observability
+
+    def watch(self, **parts: Any) -> None:
+        if self.observability is not None:
+            self.observability.watch(**parts)
+
+
+@asynccontextmanager
+async def observability(settings: Settings) -> AsyncIterator[_Watching]:
+    """/metrics, /healthz and /readyz on ``metrics_address`` (none: off), started before the rest
+    so that a probe hears of a serve still starting, and stopped after it."""
+    if not settings.metrics_address:
+        yield _Watching(None)
+        return
+    from service.observability import Observability
+
+    observed = Observability(
+        settings.metrics_address, checkpoint_interval=settings.checkpoint_seconds,
+        ledger_stream=settings.ledger_stream, ledger_prefix=settings.ledger_prefix,
+    )  # fmt: skip
+    async with observed:
+        yield _Watching(observed)
 
 
 async def _last_checkpoint(roles: list[str], checkpoints: Checkpointer) -> None:
