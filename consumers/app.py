@@ -19,22 +19,24 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
 
 import msgspec
-from faststream import AckPolicy
+from faststream import AckPolicy, Context
 from faststream.nats import NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
+from faststream.nats.message import NatsBatchMessage
 from faststream.nats.schemas import JStream
 from faststream.params import NoCast
 from faststream.specification import AsyncAPI
+from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
 from consumers.ingest import Delivery, Ingestor, Journal, Verdict, read_parked
 from consumers.lease import WriterLease
-from contract.messages import SCHEMAS
+from contract.messages import SCHEMAS, Upstream
 from contract.subjects import PARKED_RETRY_SUBJECT, UPSTREAM_STREAM, UPSTREAM_SUBJECTS
 from ledger.application import Ledger
 from ledger.jetstream.datastore import Fence, WriterFencedError
@@ -51,7 +53,10 @@ class RetryRequest(msgspec.Struct):
     seqs: list[int] | None = None
 
 
-UpstreamMessage = Union[tuple(SCHEMAS.values())]  # type: ignore[valid-type]  # noqa: UP007
+if TYPE_CHECKING:
+    UpstreamMessage: TypeAlias = Upstream  # what the Union below is made of: mypy cannot read it
+else:
+    UpstreamMessage = Union[tuple(SCHEMAS.values())]  # noqa: UP007
 """Any of the contract's upstream messages (documented in the AsyncAPI document)."""
 
 
@@ -130,7 +135,7 @@ class IngestService:
         self._on_role = on_role
         self.broker = broker
         self.settings = settings = settings or IngestSettings()
-        self.ingestor = Ingestor(ledger) if ledger is not None else None  # type: ignore[arg-type]
+        self.ingestor = Ingestor(ledger) if ledger is not None else None
         self.stats = IngestStats()
         self._on_batch = on_batch
         self._failures = 0
@@ -145,6 +150,8 @@ class IngestService:
         self._deciding = asyncio.Lock()
         """Held while a pull or an operator's retry is decided: one at a time."""
         self._retries: Any = None
+        self._nc: Client | None = None
+        """The broker's connection, from ``start``."""
         self._closed = False
         self.subscriber = broker.subscriber(
             UPSTREAM_SUBJECTS,
@@ -176,13 +183,24 @@ class IngestService:
     # ---- the writer role ----------------------------------------------------------------------
 
     @property
+    def nc(self) -> Client:
+        """The broker's connection (after ``start``)."""
+        if self._nc is None:
+            raise RuntimeError("IngestService.start() was not called")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream on the broker's connection (after ``start``)."""
+        return self.nc.jetstream()
+
+    @property
     def writing(self) -> bool:
         return self.role == "writer" and self.lease is not None and self.lease.held
 
     def _start_keeper(self) -> None:
         if self._keeper is None and not self._closed:
-            js = self.broker.config.connection_state.stream
-            self.lease = WriterLease(js, ttl=self.settings.lease_ttl, replicas=self.settings.replicas)
+            self.lease = WriterLease(self.js, ttl=self.settings.lease_ttl, replicas=self.settings.replicas)
             self._keeper = asyncio.create_task(self._keep_lease(), name="ledger-writer-lease")
 
     async def _keep_lease(self) -> None:
@@ -240,7 +258,7 @@ class IngestService:
                 self.ingestor.journal = Journal(
                     fence=fence,
                     position=position,
-                    max_payload=self.broker.config.connection_state.connection.max_payload,
+                    max_payload=self.nc.max_payload,
                     writer=self.lease.holder,
                     read_position=lambda: datastore.position(stream, fence.subject),
                     parked=parked,
@@ -262,7 +280,7 @@ class IngestService:
 
     async def _acknowledged(self) -> int:
         """The durable consumer's ack floor (0 if it does not exist yet)."""
-        js = self.broker.config.connection_state.stream
+        js = self.js
         try:
             info = await js.consumer_info(UPSTREAM_STREAM, self.settings.durable)
         except NotFoundError:
@@ -274,7 +292,7 @@ class IngestService:
         itself), and restart the pull loop if it is not running. Nothing is decided twice: the
         position, not the consumer, says what is done. "Not found" must be said twice in a row
         (a consumer whose stream is electing a leader can look missing for a moment)."""
-        js = self.broker.config.connection_state.stream
+        js = self.js
         try:
             await js.consumer_info(UPSTREAM_STREAM, self.settings.durable)
             self._consumer_missing = 0
@@ -348,8 +366,9 @@ class IngestService:
     async def start(self) -> None:
         """Start contending for the writer lease (after the broker started), and answer
         operators' retries of parked messages while writing."""
+        # The broker's connection (it is connected by now: this returns the same one).
+        self._nc = nc = await self.broker.connect()
         self._start_keeper()
-        nc = self.broker.config.connection_state.connection
         self._retries = await nc.subscribe(PARKED_RETRY_SUBJECT, cb=self._on_retry)
 
     async def _on_retry(self, msg: Any) -> None:
@@ -372,7 +391,7 @@ class IngestService:
         about the same person before it; a message still held behind one that stays parked is
         left as it is. Returns each message's new outcome."""
         assert self.ingestor is not None
-        js = self.broker.config.connection_state.stream
+        js = self.js
         results: list[dict[str, Any]] = []
         async with self._deciding:
             journal = self.ingestor.journal
@@ -409,7 +428,9 @@ class IngestService:
 
     # ---- handling a pull ----------------------------------------------------------------------
 
-    async def handle(self, bodies: Annotated[list[UpstreamMessage], NoCast], message: NatsMessage) -> None:
+    async def handle(
+        self, bodies: Annotated[list[UpstreamMessage], NoCast], message: Annotated[NatsBatchMessage, Context("message")]
+    ) -> None:
         """One pull: decide it in stream order and acknowledge what is recorded.
 
         UPSTREAM's sequences have no gaps (it refuses deletes), so a message may be decided only
@@ -488,7 +509,7 @@ class IngestService:
 
     async def _read_missing(self, first: int, end: int) -> list[Delivery]:
         """Messages ``first`` … ``end - 1`` of UPSTREAM read from the stream (at most a batch)."""
-        js = self.broker.config.connection_state.stream
+        js = self.js
         found = []
         for seq in range(first, min(end, first + self.settings.batch_size)):
             try:
