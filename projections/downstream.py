@@ -1,13 +1,16 @@
 """Coverage changes for downstream services: the KV bucket ``coverage`` and ``coverage.changed.<district>``.
 
-The projection writes each change of a person's coverage to the ``outbox`` table in the same
-transaction as the views. ``CoveragePublisher`` publishes the outbox in ledger order after each
-commit, then deletes what the server acknowledged:
+The projection writes each change of what a person shows downstream to the ``outbox`` table in
+the same transaction as the views (``projection.py``: an event that changes nothing shown writes
+no row). ``CoveragePublisher`` publishes the outbox in ledger order after each commit, then
+deletes what the server acknowledged:
 
-- ``$KV.coverage.<person key>``: the person's latest coverage per coverage year (``kv_value``),
-  for ``get`` and ``watch``;
-- ``coverage.changed.<district>`` on the COVERAGE stream: the contract's coverage reply for the
-  day the change takes effect.
+- ``$KV.coverage.<person key>``: the person's coverage per coverage year
+  (``contract.coverage.CoverageValue``), for ``get`` and ``watch``; every row;
+- ``coverage.changed.<district>`` on the COVERAGE stream: ``contract.coverage.CoverageChanged``,
+  the coverage reply for the day the change takes effect; only rows that changed a coverage
+  year (a row whose ``message`` is empty changed the value alone: the date of death, the
+  district of residence).
 
 Both carry ``Nats-Msg-Id`` derived from the ledger sequence, so a batch published again after a
 crash (published, not yet deleted from the outbox) is dropped by the server as a duplicate, and
@@ -35,7 +38,6 @@ from ledger.jetstream.datastore import StreamSpec
 from projections.database import Database
 
 log = logging.getLogger("ledger.downstream")
-
 
 
 def coverage_stream_spec(replicas: int = 1, duplicate_window_s: float = 600.0) -> StreamSpec:
@@ -229,7 +231,7 @@ class CoveragePublisher:
                 acks.append(await js.publish_async(
                     f"$KV.{COVERAGE_BUCKET}.{key}", value.encode(), headers={**headers, "Nats-Msg-Id": f"kv/{seq}/{key}"}
                 ))
-            if seq > resume.changed_through:
+            if message and seq > resume.changed_through:
                 acks.append(await js.publish_async(
                     f"{CHANGED_PREFIX}.{district or 'unknown'}", message.encode(),
                     headers={**headers, "Nats-Msg-Id": f"changed/{seq}/{key}"},

@@ -8,15 +8,23 @@ fraud flags (``fraud.py``). Persons stay in an LRU cache; one not in it (after a
 evicted) is read from the event store **as of the version before this event**, so a projection
 that is behind never sees the future.
 
-With a publisher, each change of a person's coverage also goes to the ``outbox`` table, in the
-same transaction as the rows; ``downstream.py`` publishes it after the commit.
+With a publisher, each change of what downstream readers see of a person goes to the ``outbox``
+table, in the same transaction as the rows; ``downstream.py`` publishes it after the commit.
+"What they see" is the KV value (``contract.coverage.CoverageValue``, ``coverage_value``): an
+event is compared with the value the person had just before it, which is the value last
+published for them (every change is staged, in ledger order). An event that leaves it as it was
+(a payment before its coverage decision, a roster listing for a year already paid, a death
+registered again with the same date) stages nothing. One that changes it stages the new value
+for the bucket, and — when it changed the coverage year the event is about — a
+``CoverageChanged`` for ``coverage.changed`` (``change_message``); a change of the value alone
+(the date of death, the district) has no message (``message`` is empty in the outbox).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import singledispatchmethod
 from typing import Any, ClassVar
 from uuid import UUID
@@ -25,9 +33,10 @@ import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from contract.coverage import CoverageChanged, CoverageValue, CoverageYear
 from ledger.domain.cash import CashCollector, CashReceipt, collector_id
 from ledger.domain.coverage_question import CoverageAnswer, answer
-from ledger.domain.person import Enrollment, InsuredPerson, person_id
+from ledger.domain.person import ENDED, Enrollment, InsuredPerson, person_id
 from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
 from ledger.domain.targets import DistrictTarget
 from projections.fraud import FraudRules
@@ -164,6 +173,7 @@ class LedgerProjection(Projection[LedgerViews]):
         before = self._person_before(event)
         died_before = before.date_of_death if before is not None else None
         phone_before = before.phone if before is not None else None
+        shown_before = coverage_value(before, 0) if self.publish else None  # ``mutate`` changes ``before``
         person: InsuredPerson = event.mutate(before)
         self.persons.put(event.originator_id, person)
         kind = type(event).__name__
@@ -171,10 +181,9 @@ class LedgerProjection(Projection[LedgerViews]):
             self._stage_person(person, event, seq)
         year = getattr(event, "coverage_year", None)
         if year is not None and year in person.enrollments:
-            enrollment = person.enrollments[year]
-            self._stage_coverage(person, enrollment, seq)
-            if self.publish:
-                self._stage_change(person, enrollment, event, seq)
+            self._stage_coverage(person, person.enrollments[year], seq)
+        if self.publish:
+            self._stage_change(person, shown_before, event, seq)
         self._audit(person.person_key, event, seq)
         day = event.source.effective_on
         self.fraud.on_person_event(event, person, seq, died_before, day, phone_before)
@@ -231,15 +240,22 @@ class LedgerProjection(Projection[LedgerViews]):
             ),
         )
 
-    def _stage_change(self, person: InsuredPerson, enrollment: Enrollment, event: Any, seq: int) -> None:
-        """The coverage reply for the day the change takes effect, and the KV value."""
-        day = _day_in_year_of(enrollment, event.source.effective_on)
-        reply = msgspec.to_builtins(answer(person, person.person_key, day))
-        reply["ledger_seq"] = seq
-        self.view.stage(
-            "outbox",
-            (seq, person.person_key, enrollment.district or person.district, _encode(kv_value(person, seq)).decode(), _encode(reply).decode()),
-        )
+    def _stage_change(self, person: InsuredPerson, shown_before: CoverageValue | None, event: Any, seq: int) -> None:
+        """Stages the person's KV value and coverage.changed message if ``event`` changed what
+        they show (see the module docstring); nothing otherwise."""
+        value = coverage_value(person, seq)
+        if value is None or (shown_before is not None and msgspec.structs.replace(value, ledger_seq=0) == shown_before):
+            return
+        year = getattr(event, "coverage_year", None)
+        message = ""
+        district = person.district
+        if year is not None and year in person.enrollments:
+            enrollment = person.enrollments[year]
+            was = shown_before.coverage.get(str(year)) if shown_before is not None else None
+            if was != value.coverage[str(year)]:
+                district = enrollment.district or person.district
+                message = _encode(change_message(person, enrollment, was, event, seq, district)).decode()
+        self.view.stage("outbox", (seq, person.person_key, district, _encode(value).decode(), message))
 
     # ---- cash and targets -------------------------------------------------------------------
 
@@ -288,38 +304,76 @@ class LedgerProjection(Projection[LedgerViews]):
         )
 
 
-def kv_value(person: InsuredPerson, seq: int) -> dict[str, Any]:
-    """The KV bucket ``coverage`` value of a person: latest coverage per coverage year."""
-    years = {}
-    for year, e in sorted(person.enrollments.items()):
-        terms = e.terms
-        years[str(year)] = {
-            "status": e.status,
-            "coverage_start": _iso(terms.coverage_start if terms else None),
-            "coverage_end": _iso(terms.coverage_end if terms else None),
-            "benefit_start": _iso(terms.benefit_start if terms else None),
-            "waiting_months": terms.waiting_months if terms else None,
-            "subsidy_category": e.subsidy_category,
-            "ended_on": _iso(e.ended_on),
-            "ended_reason": e.ended_reason,
-        }
-    return {
-        "person_key": person.person_key,
-        "district": person.district,
-        "date_of_death": _iso(person.date_of_death),
-        "coverage": years,
-        "ledger_seq": seq,
-    }
+def coverage_year_of(e: Enrollment) -> CoverageYear:
+    terms = e.terms
+    return CoverageYear(
+        status=e.status,
+        coverage_start=terms.coverage_start if terms else None,
+        coverage_end=terms.coverage_end if terms else None,
+        benefit_start=terms.benefit_start if terms else None,
+        waiting_months=terms.waiting_months if terms else None,
+        subsidy_category=e.subsidy_category,
+        ended_on=e.ended_on,
+        ended_reason=e.ended_reason,
+    )
 
 
-def _day_in_year_of(enrollment: Enrollment, day: date) -> date:
-    """``day`` if the enrollment's coverage contains it, else the first day it covers."""
+def coverage_value(person: InsuredPerson | None, seq: int) -> CoverageValue | None:
+    """The KV bucket ``coverage`` value of a person: their coverage per coverage year (None for a
+    person without an enrollment: the bucket has no key for them)."""
+    if person is None or not person.enrollments:
+        return None
+    return CoverageValue(
+        person_key=person.person_key,
+        district=person.district,
+        date_of_death=person.date_of_death,
+        coverage={str(year): coverage_year_of(e) for year, e in sorted(person.enrollments.items())},
+        ledger_seq=seq,
+    )
+
+
+def change_message(
+    person: InsuredPerson, enrollment: Enrollment, was: CoverageYear | None, event: Any, seq: int, district: str | None
+) -> CoverageChanged:
+    """The coverage.changed message of ``event``: the coverage reply for the day it takes effect."""
+    day = effective_date(enrollment, was, event)
+    reply = answer(person, person.person_key, day)
+    return CoverageChanged(
+        person_key=person.person_key,
+        district=district,
+        coverage_year=reply.coverage_year,
+        effective_date=day,
+        covered=reply.covered,
+        in_waiting_period=reply.in_waiting_period,
+        coverage_start=reply.coverage_start,
+        coverage_end=reply.coverage_end,
+        benefit_start=reply.benefit_start,
+        status=reply.status,
+        subsidy_category=reply.subsidy_category,
+        ended_reason=reply.ended_reason,
+        ledger_seq=seq,
+    )
+
+
+def effective_date(enrollment: Enrollment, was: CoverageYear | None, event: Any) -> date:
+    """The first day a change of ``enrollment`` (``was`` before it) applies to, within its
+    coverage period (``CoverageChanged.effective_date``)."""
     terms = enrollment.terms
-    if terms is not None:
-        if terms.coverage_start <= day <= terms.coverage_end:
-            return day
-        return terms.coverage_start if day < terms.coverage_start else terms.coverage_end
-    return day if day.year == enrollment.coverage_year else date(enrollment.coverage_year, 1, 1)
+    start, end = (terms.coverage_start, terms.coverage_end) if terms else _year_of(enrollment)
+    if enrollment.status == ENDED and enrollment.ended_on is not None:
+        last = enrollment.ended_on  # covered up to and including the date of death
+        if was is not None and was.status == ENDED and was.ended_on is not None:
+            last = min(last, was.ended_on)  # a corrected date of death: the answers change from the earlier
+        day = last + timedelta(days=1)
+    elif enrollment.status == ENDED:
+        day = start  # cancelled: void from the start
+    else:
+        day = event.source.effective_on
+    return min(max(day, start), end)
+
+
+def _year_of(enrollment: Enrollment) -> tuple[date, date]:
+    return date(enrollment.coverage_year, 1, 1), date(enrollment.coverage_year, 12, 31)
 
 
 def _iso(value: date | None) -> str | None:
