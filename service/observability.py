@@ -258,7 +258,7 @@ class Observability:
     async def _refresh_forever(self) -> None:
         failing = False
         while True:
-            if self.connection is not None:
+            if self.connection is not None and not self.connection.is_closed:
                 try:
                     await self.refresh()
                     if failing:
@@ -508,9 +508,10 @@ class LedgerCollector(Collector):
             yield "ledger_state_age_seconds", (), max(0.0, now - state.refreshed_at)
 
 
-def _metric(family: _Family) -> Metric:
-    kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-    return kind(family.name, family.help, labels=list(family.labels))
+def _metric(family: _Family) -> CounterMetricFamily | GaugeMetricFamily:
+    if family.kind == "counter":
+        return CounterMetricFamily(family.name, family.help, labels=list(family.labels))
+    return GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
 
 
 def exported_names() -> set[str]:

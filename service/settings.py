@@ -42,6 +42,7 @@ class Settings:
     lease_seconds: float = _setting("LEDGER_LEASE_SECONDS", 5.0, "the writer lease's TTL: a standby takes over this long after the writer stops renewing")
     ledger_stream: str = _setting("NATS_STREAM", LEDGER_STREAM, "the ledger's stream")
     ledger_prefix: str = _setting("NATS_SUBJECT_PREFIX", LEDGER_PREFIX, "the ledger stream's subject prefix")
+    metrics_address: str | None = _setting("LEDGER_METRICS_ADDRESS", None, "HOST:PORT serving /metrics, /healthz and /readyz (port 0: a free one, logged as event=metrics); none: off", option="--metrics-address")
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:

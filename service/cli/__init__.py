@@ -111,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
         help="encrypt event payloads with the key in this file (base64 AES key; or LEDGER_CIPHER_KEY / "
         "LEDGER_CIPHER_KEY_FILE); every command reading the events needs the same key",
     )
+    serve.add_argument(
+        "--metrics-address", default=None, metavar="HOST:PORT",
+        help="serve /metrics, /healthz and /readyz over HTTP there (LEDGER_METRICS_ADDRESS; port 0: a free one; default off)",
+    )  # fmt: skip
     _views_option(serve)
     serve.set_defaults(run=_serve)
 
