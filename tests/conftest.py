@@ -21,6 +21,14 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
     server.stop()
 
 
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    """A fresh nats-server of this test's own (the ledger's stream names, LEDGER, UPSTREAM and
+    REJECTED, are fixed, so a test of the whole ingestion needs a server to itself)."""
+    with EmbeddedNatsServer(tmp_path / "nats") as server:
+        yield server
+
+
 def unique_names() -> tuple[str, str]:
     """A stream name and subject prefix no other test uses (streams may not share subjects)."""
     token = uuid.uuid4().hex[:12]

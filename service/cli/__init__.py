@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from service.bootstrap import _serve
 from service.cli.publish import _publish
@@ -56,10 +56,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `ledger audit … | head`: the reader has what it wanted
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the command has stopped what it started (finally blocks)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # raise SystemExit("what is wrong"): one line, exit 1
+        if not isinstance(e.code, str):
+            raise
+        print(f"{parser.prog}: {_one_line(e.code)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line for the user; the traceback at debug level
+        return _failed(parser.prog, e)
+
+
+def _failed(prog: str, error: Exception) -> int:
+    """An error as one line on stderr (exit 1): the ones a user can cause say what is wrong,
+    anything else says so and where to look (``--log-level debug`` logs the traceback)."""
+    from eventsourcing.persistence import OperationalError
+
+    from ledger.domain.policy import PolicyError
+    from projections.database import ViewDatabaseError
+
+    if isinstance(error, (PolicyError, ViewDatabaseError, ConnectionError, OperationalError)):
+        print(f"{prog}: {_one_line(str(error))}", file=sys.stderr)
+    elif isinstance(error, OSError) and error.filename:
+        print(f"{prog}: {error.filename}: {error.strerror}", file=sys.stderr)
+    else:
+        log.debug("event=failed", exc_info=error)
+        detail = _one_line(str(error)) or "(no detail)"
+        print(f"{prog}: failed: {type(error).__name__}: {detail} (--log-level debug for the traceback)", file=sys.stderr)
+    return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2, as argparse's), pointing at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ledger",
         description="Event-sourced enrollment ledger for resident medical insurance (城乡居民基本医疗保险).",
     )
@@ -135,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR",
     )  # fmt: skip
     _data_dir_option(publish)
+    _format_option(publish)
     publish.set_defaults(run=_publish)
 
     coverage = commands.add_parser(
@@ -191,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", type=_time, default=None, help="only events recorded up to this time (ISO, with offset)")
     _store_options(replay)
     _views_option(replay, default=None)
+    _format_option(replay)
     replay.set_defaults(run=_replay)
 
     verify = commands.add_parser(
@@ -204,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a trusted signing key (PEM; repeatable); default DATA_DIR/signing-key.pem.pub if present",
     )  # fmt: skip
     _store_options(verify)
+    _format_option(verify)
     verify.set_defaults(run=_verify)
 
     status = commands.add_parser(
@@ -248,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
             "The state stays in DATA_DIR for `ledger coverage/audit/report/replay --data-dir DATA_DIR`."
         ),
     )
-    demo.add_argument("--people", type=int, default=20_000, help="synthetic residents (default 20,000)")
+    demo.add_argument("--people", type=_season_size, default=20_000, help="synthetic residents (at least 200; default 20,000)")
     demo.add_argument("--seed", type=int, default=2021, help="simulation seed (same seed, same season)")
     demo.add_argument("--report", type=Path, default=None, help="also write the report as a self-contained HTML page")
     demo.add_argument(
@@ -256,6 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the demo's ledger stays (default data/demo; an earlier demo there is replaced)",
     )  # fmt: skip
     _policy_option(demo)
+    _format_option(demo)
     demo.set_defaults(run=_demo)
 
     asyncapi = commands.add_parser("asyncapi", help="print or write the AsyncAPI document of the consumers")
@@ -311,6 +355,18 @@ def _format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="table (default), json or csv")
 
 
+def _season_size(text: str) -> int:
+    from simulation.season import MIN_PEOPLE
+
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < MIN_PEOPLE:
+        raise argparse.ArgumentTypeError(f"a season needs at least {MIN_PEOPLE} people, not {number}")
+    return number
+
+
 def _date(text: str) -> Any:
     from datetime import date
 
@@ -338,10 +394,9 @@ def _time(text: str) -> Any:
 
 def _demo(args: argparse.Namespace) -> int:
     from ledger.domain.policy import DEFAULT_POLICY, load_policy
+    from service.cli.output import _emit
     from service.demo.run import run_demo
 
-    if args.people < 1:
-        raise SystemExit("--people must be at least 1")
     started = time.perf_counter()
     summary = run_demo(
         people=args.people,
@@ -349,10 +404,16 @@ def _demo(args: argparse.Namespace) -> int:
         report_html=args.report,
         seed=args.seed,
         policy=load_policy(args.policy or DEFAULT_POLICY),
+        show_report=args.format == "table",
     )
     missed = [p for p in summary["planted"] if not p["caught"]]
+    if args.format == "json":
+        _emit([summary], "json", vertical=True)
+    elif args.format == "csv":
+        _emit(summary["planted"], "csv")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; planted cases caught: "
-          f"{len(summary['planted']) - len(missed)} of {len(summary['planted'])}")  # fmt: skip
+          f"{len(summary['planted']) - len(missed)} of {len(summary['planted'])}",
+          file=sys.stdout if args.format == "table" else sys.stderr)  # fmt: skip
     return 0 if not missed else 1
 
 

@@ -91,12 +91,17 @@ def ingestion_finished(url: str, expected: int) -> bool:
     return info["ack_floor"]["stream_seq"] >= expected and info["num_ack_pending"] == 0 and info["num_pending"] == 0
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
+def wait_for(condition: Any, timeout: float, what: str, *, raising: bool = True, every: float = 0.05) -> bool:
+    """Until ``condition()`` holds (True), or ``timeout`` seconds: then an AssertionError naming
+    ``what`` (False without ``raising``)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+            if raising:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            return False
+        time.sleep(every)
+    return True
 
 
 async def rejections(url: str) -> list[Any]:

@@ -12,7 +12,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from consumers.app import IngestService, IngestSettings
 from ledger.application import Ledger
@@ -32,13 +31,6 @@ from tests.integration.ingest_support import (
     season,
     wait_for,
 )
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    """A fresh nats-server per test: the stream names (LEDGER, UPSTREAM, REJECTED) are fixed."""
-    with EmbeddedNatsServer(tmp_path / "nats") as server:
-        yield server
 
 
 def serving(

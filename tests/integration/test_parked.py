@@ -9,10 +9,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import pytest
 
 from consumers.app import IngestSettings
 from ledger.application import Ledger
@@ -42,12 +40,6 @@ def ledger_cli(url: str, *args: str) -> Any:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    with EmbeddedNatsServer(tmp_path / "nats") as server:
-        yield server
 
 
 def test_a_parked_payment_holds_only_its_person_and_is_recorded_when_retried_after_the_fix(server: EmbeddedNatsServer) -> None:

@@ -18,6 +18,7 @@ from ledger.jetstream.client import NatsClient
 from ledger.jetstream.datastore import JetStreamDatastore
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.conftest import Datastores, unique_names
+from tests.integration.ingest_support import wait_for
 
 
 def events(count: int) -> list[StoredEvent]:
@@ -163,14 +164,3 @@ def append_when_possible(recorder: recorders.JetStreamApplicationRecorder, timeo
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, *, raising: bool = True) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            if raising:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            return False
-        time.sleep(0.01)
-    return True

@@ -35,6 +35,7 @@ import nats
 import pytest
 
 from consumers.streams import SOURCE_CATCH_UP
+from contract.subjects import WRITER_BUCKET, WRITER_KEY
 from ledger.jetstream.server import EmbeddedNatsServer
 from tests.integration.ingest_support import StatefulSeason, stateful_season
 from tests.projections.support import dump
@@ -74,14 +75,7 @@ PAUSE_S = 10.0
 PARTITION_S = 12.0
 """Longer than the writer lease (a few seconds)."""
 CONSUMER = "ledger-ingest"
-LEASE_BUCKET, LEASE_KEY = "ledger_writer", "ingest"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
-    server = EmbeddedNatsServer(tmp_path / "nats").start()
-    yield server
-    server.stop()
+LEASE_BUCKET, LEASE_KEY = WRITER_BUCKET, WRITER_KEY
 
 
 @pytest.fixture

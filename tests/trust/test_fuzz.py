@@ -46,7 +46,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -809,12 +808,6 @@ async def _ingested(run: Running, last_seq: int, timeout: float = 60) -> None:
 async def _ask(run: Running, data: bytes) -> dict[str, Any]:
     reply = await run.nc.request(QUERY, data, timeout=5)  # a timeout fails the test
     return json.loads(reply.data)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    with EmbeddedNatsServer(tmp_path / "nats") as server:
-        yield server
 
 
 def test_a_real_service_rejects_every_hostile_message_once_records_nothing_and_lives_on(
