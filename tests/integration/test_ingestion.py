@@ -12,7 +12,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-
 from consumers.app import IngestService, IngestSettings
 from ledger.application import Ledger
 from ledger.domain.cash import collector_id

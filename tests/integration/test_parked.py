@@ -11,7 +11,6 @@ import sys
 import time
 from typing import Any
 
-
 from consumers.app import IngestSettings
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer
