@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast bench demo clean
+.PHONY: venv lint test test-fast bench demo clean
 
 venv: $(STAMP)
 
@@ -14,8 +14,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,postgres]'
 	touch $(STAMP)
 
-## make test: the whole suite, against nats-server processes the tests start themselves.
+## make lint: style (ruff), types (mypy) and the import rules between layers (lint-imports);
+## configured in pyproject.toml. make test runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+## make test: lint, then the whole suite, against nats-server processes the tests start themselves.
 test: $(STAMP)
+	$(MAKE) lint
 	$(PY) -m pytest -q
 
 ## make bench: the benchmarks, each against its baseline in the same run (bench/README.md).
