@@ -12,23 +12,26 @@ The replacement waits with ``asyncio.timeout``: the timer can only fire while th
 suspended before the message is taken, so a message is either taken and returned, or left in
 the queue for the next fetch. Python 3.12 reimplemented ``wait_for`` the same way; there the
 original is kept.
+
+``tests/unit/test_dependency_internals.py`` fails when nats-py's original changes (then carry the
+change over, or drop this module if it no longer waits with ``wait_for``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
 from uuid import uuid4
 
 from nats import errors
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 _original_next_msg = Subscription.next_msg
 
 
-async def _next_msg(self: Subscription, timeout: float | None = 1.0) -> Any:
-    async def timed_get() -> Any:
+async def _next_msg(self: Subscription, timeout: float | None = 1.0) -> Msg:
+    async def timed_get() -> Msg:
         if timeout is None:
             return await self._pending_queue.get()
         async with asyncio.timeout(timeout):
@@ -63,7 +66,7 @@ def apply() -> bool:
     """Install the fix where it is needed; True if installed."""
     if sys.version_info >= (3, 12):
         return False
-    Subscription.next_msg = _next_msg  # type: ignore[method-assign]
+    Subscription.next_msg = _next_msg  # type: ignore[method-assign]  # the point: replace nats-py's method
     return True
 
 
