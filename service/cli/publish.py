@@ -41,7 +41,12 @@ def _publish(args: argparse.Namespace) -> int:
         count = asyncio.run(publish_messages(url, args.subject, rows, progress=True))
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as e:
         raise SystemExit(f"cannot publish to NATS at {_redacted(url)}: {e!r}") from None
-    print(f"published {count} messages on {args.subject} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    if args.format != "table":
+        from service.cli.output import _emit
+
+        _emit([{"subject": args.subject, "published": count, "seconds": round(seconds, 3)}], args.format, vertical=True)
+    print(f"published {count} messages on {args.subject} in {seconds:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -71,20 +76,11 @@ async def publish_messages(
 ) -> int:
     """Publish contract messages on ``subject`` with ``Nats-Msg-Id = msg_id``; wait for every
     acknowledgement (in windows of ``window``). Returns how many were acknowledged."""
-    import nats
-
     from contract.messages import SCHEMAS
-    from ledger.jetstream.client import server_urls
 
     if subject not in SCHEMAS:
         raise SystemExit(f"{subject} is not an upstream subject of the contract: {', '.join(SCHEMAS)}")
-
-    async def quiet(_error: Exception) -> None:
-        """A server that cannot be reached is said once, by the caller, not logged per try."""
-
-    nc = await nats.connect(
-        server_urls(url), connect_timeout=5, max_reconnect_attempts=3, reconnect_time_wait=1, error_cb=quiet
-    )
+    nc = await connect_quietly(url, what="publish to NATS")
     js = nc.jetstream()
     pending: list[Any] = []
     count = 0
@@ -108,6 +104,25 @@ async def publish_messages(
     finally:
         await nc.close()
     return count
+
+
+async def connect_quietly(url: str, *, what: str = "connect to NATS") -> Any:
+    """A NATS connection for a one-off command; a server that cannot be reached is one line
+    (``SystemExit``), not a log record per try."""
+    import nats
+    import nats.errors
+
+    from ledger.jetstream.client import server_urls
+
+    async def quiet(_error: Exception) -> None:
+        """Said once, below, not logged per try."""
+
+    try:
+        return await nats.connect(
+            server_urls(url), connect_timeout=5, max_reconnect_attempts=3, reconnect_time_wait=1, error_cb=quiet
+        )
+    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as e:
+        raise SystemExit(f"cannot {what} at {_redacted(url)}: {e!r}") from None
 
 
 def csv_messages(subject: str, lines: Iterable[str]) -> Iterable[dict[str, Any]]:

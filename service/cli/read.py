@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from datetime import UTC
@@ -17,7 +16,8 @@ from service.bootstrap import (
     default_views_url,
     person_key_secret,
 )
-from service.cli.output import _emit
+from service.cli.output import _emit, emit_document, say
+from service.settings import Settings
 
 log = logging.getLogger("ledger")
 
@@ -42,23 +42,32 @@ class _Store:
                 raise SystemExit(
                     f"no ledger in {data_dir}: run `ledger serve` or `make demo` first, or give --nats-url"
                 )
-            self.server = EmbeddedNatsServer(data_dir / "nats").start()
+            self.server = EmbeddedNatsServer(data_dir / "nats", own_session=True)
             url = self.server.url
         self.url = url
-        self.ledger = (
-            build_ledger(url, data_dir, args.policy, embedded=self.server is not None or running.exists(), cache=False)
-            if ledger
-            else None
-        )
-        self.datastore = self.ledger.recorder.datastore if self.ledger is not None else _datastore(url)
+        try:
+            if self.server is not None:
+                self.server.start()
+            self.ledger = (
+                build_ledger(url, data_dir, args.policy, embedded=self.server is not None or running.exists(), cache=False)
+                if ledger
+                else None
+            )
+            self.datastore = self.ledger.recorder.datastore if self.ledger is not None else _datastore(url)
+        except BaseException:  # a bad policy, secret or server: the embedded server started here stops
+            if self.server is not None:
+                self.server.stop()
+            raise
 
     def close(self) -> None:
-        if self.ledger is not None:
-            self.ledger.close()
-        else:
-            self.datastore.client.close()
-        if self.server is not None:
-            self.server.stop()
+        try:
+            if self.ledger is not None:
+                self.ledger.close()
+            else:
+                self.datastore.client.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()
 
 
 def _datastore(url: str) -> Any:
@@ -115,7 +124,7 @@ def _person_key(args: argparse.Namespace) -> str:
     from ledger.domain.refusals import Refusal
     from ledger.domain.source import CHINA_STANDARD_TIME
 
-    secret = person_key_secret(args.data_dir, embedded=(args.data_dir / "person-key.secret").exists())
+    secret = person_key_secret(Settings.read(data_dir=args.data_dir), embedded=(args.data_dir / "person-key.secret").exists())
     try:
         resident = ResidentId.parse(args.id_number, today=datetime.now(CHINA_STANDARD_TIME).date())
     except Refusal as refusal:
@@ -126,8 +135,12 @@ def _person_key(args: argparse.Namespace) -> str:
 def _audit(args: argparse.Namespace) -> int:
     from projections import reports
 
-    key = _person_key(args)
-    db = _views_db(args)
+    db = _views_db(args)  # first: no views, no ledger here (whatever the ID number)
+    try:
+        key = _person_key(args)
+    except BaseException:
+        db.close()
+        raise
     try:
         person = reports.person_of(db, key)
         coverage = reports.coverage_of(db, key)
@@ -137,13 +150,12 @@ def _audit(args: argparse.Namespace) -> int:
         db.close()
     if args.format != "table":
         if args.format == "json":
-            document = {"person_key": key, "person": person, "coverage": coverage, "timeline": trail, "flags": flags}
-            print(json.dumps(document, ensure_ascii=False, indent=2, default=str))
+            emit_document({"person_key": key, "person": person, "coverage": coverage, "timeline": trail, "flags": flags})
         else:
             _emit(trail, "csv")
         return 0
     if person is None and not trail:
-        print(f"person {key[:12]}… is not in the views")
+        say(f"person {key[:12]}… is not in the views")
         return 0
     _emit([person] if person else [], "table", title=f"person {key[:12]}…", vertical=True)
     _emit(coverage, "table", title="coverage per year", columns=(
@@ -159,10 +171,16 @@ def _report(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from ledger.domain.policy import DEFAULT_POLICY, load_policy
+    from ledger.domain.refusals import UnknownDistrict
     from ledger.domain.source import CHINA_STANDARD_TIME
     from projections import reports
 
     policy = load_policy(args.policy or DEFAULT_POLICY)
+    if args.district:
+        try:
+            policy.district_name(args.district)
+        except UnknownDistrict as e:
+            raise SystemExit(f"unknown district: {e}; one of {', '.join(policy.districts)}") from None
     on = args.on or datetime.now(CHINA_STANDARD_TIME).date()
     db = _views_db(args)
     try:
@@ -187,7 +205,7 @@ def _report(args: argparse.Namespace) -> int:
     finally:
         db.close()
     if args.format == "json":
-        print(json.dumps({"coverage_year": year, "on": on.isoformat(), **sections}, ensure_ascii=False, indent=2, default=str))
+        emit_document({"coverage_year": year, "on": on.isoformat(), **sections})
         return 0
     if args.format == "csv":
         (rows,) = sections.values()
@@ -211,7 +229,7 @@ def _report(args: argparse.Namespace) -> int:
             columns = ("district", "district_name", "target", "enrolled", "rate_percent", "goal_percent",
                        "individual", "assistance", "fiscal", "total", "assistance_transfer_due")
         if name in ("waiting", "not-renewed") and len(rows) > 20:
-            print(f"{titles[name]}: {len(rows)} people (first 20; --format json or csv for all)")
+            say(f"{titles[name]}: {len(rows)} people (the first 20 below; --format json or csv for all)")
             rows = rows[:20]
         _emit(rows, "table", title=titles[name], columns=columns)
     return 0
@@ -239,6 +257,7 @@ def _replay(args: argparse.Namespace) -> int:
     )
 
     from projections.runner import replay
+    from service.cli.output import console
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     views_url = args.views or f"sqlite:///{(args.data_dir / f'replay-{stamp}.sqlite').resolve()}"
@@ -246,7 +265,7 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         with Progress(
             TextColumn("replaying LEDGER"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
-            TimeRemainingColumn(), transient=False, redirect_stdout=False,
+            TimeRemainingColumn(), transient=False, redirect_stdout=False, console=console(stderr=True),
         ) as bar:
             task = bar.add_task("replay", total=None)
 
@@ -259,7 +278,12 @@ def _replay(args: argparse.Namespace) -> int:
             )
     finally:
         store.close()
-    print(
+    if args.format != "table":
+        row = {"ledger_events": result.ledger_events, "rejections": result.rejections, "seconds": round(result.seconds, 3),
+               "events_per_second": round(result.rate, 1), "views": _redacted(result.views_url)}  # fmt: skip
+        _emit([row], args.format, vertical=True)
+        return 0
+    say(
         f"replayed {result.ledger_events:,} ledger events and {result.rejections:,} rejections "
         f"in {result.seconds:.1f} s ({result.rate:,.0f} events/s) into {_redacted(result.views_url)}"
     )
@@ -280,15 +304,24 @@ def _verify(args: argparse.Namespace) -> int:
         report = verify(store.ledger.recorder.datastore, trusted_keys=trusted)
     finally:
         store.close()
-    print(
+    if args.format != "table":
+        row = {"intact": report.ok, "messages": report.messages, "events": report.events,
+               "checkpoints": report.checkpoints, "last_checkpoint_seq": report.last_checkpoint_seq,
+               "trusted_keys": [str(p) for p in keys], "findings": [str(f) for f in report.findings]}  # fmt: skip
+        if args.format == "csv":
+            row["findings"] = "; ".join(row["findings"])
+            row["trusted_keys"] = " ".join(row["trusted_keys"])
+        _emit([row], args.format, vertical=True)
+        return 0 if report.ok else 1
+    say(
         f"{report.messages:,} messages, {report.events:,} events, {report.checkpoints} checkpoints verified "
         f"(the last up to LEDGER {report.last_checkpoint_seq})"
         + ("" if trusted else "; no trusted key given: signatures checked against the keys they carry")
     )
     if report.ok:
-        print("intact: every hash chain and checkpoint holds")
+        say("intact: every hash chain and checkpoint holds")
         return 0
-    print(f"NOT INTACT: {report.findings[0]}")
+    say(f"NOT INTACT: {report.findings[0]}")
     return 1
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from service.bootstrap import SERVE_URL_FILE, default_views_url
 from service.cli.output import _emit
+from service.cli.publish import connect_quietly
 from service.cli.read import _Store
 
 log = logging.getLogger("ledger")
@@ -95,11 +96,10 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
 
     from consumers.lease import BUCKET
     from consumers.streams import rejections_recorded
-    from ledger.jetstream.client import server_urls
 
     ledger_stream, prefix = datastore.stream, datastore.prefix
     tracking_subject = datastore.tracking_subject("UPSTREAM")
-    nc = await nats.connect(server_urls(url))
+    nc = await connect_quietly(url)
     try:
 
         async def api(subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -195,7 +195,6 @@ def _parked_retry(args: argparse.Namespace) -> int:
     import nats
 
     from consumers.app import PARKED_RETRY_SUBJECT
-    from ledger.jetstream.client import server_urls
 
     url = args.nats_url
     running = args.data_dir / SERVE_URL_FILE
@@ -205,7 +204,7 @@ def _parked_retry(args: argparse.Namespace) -> int:
         raise SystemExit("no running ledger serve: give --nats-url of the cluster it serves (the writer answers)")
 
     async def ask() -> Any:
-        nc = await nats.connect(server_urls(url))
+        nc = await connect_quietly(url, what="reach the ledger's NATS")
         try:
             reply = await nc.request(PARKED_RETRY_SUBJECT, msgspec.json.encode({"seqs": args.seqs or None}), timeout=60)
         except nats.errors.NoRespondersError:

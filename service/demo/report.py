@@ -100,55 +100,43 @@ def _yuan(fen: int | None) -> str:
 
 
 def print_report(report: DemoReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The report on stdout, its tables as wide as the output (``service.cli.output``)."""
+    from service.cli.output import console, print_table
 
-    console = Console()
-    console.rule(f"[bold]Hefei enrollment season for coverage year {report.coverage_year}[/bold]")
-    console.print(
+    out = console()
+    out.rule(f"Hefei enrollment season for coverage year {report.coverage_year}")
+    out.print(
         f"{report.people:,} synthetic residents · {report.published:,} upstream messages published in "
         f"{report.publish_seconds:.0f} s · {report.ledger_events:,} ledger events · views caught up "
-        f"{report.catch_up_seconds:.0f} s after the last message"
+        f"{report.catch_up_seconds:.0f} s after the last message",
+        markup=False,
     )
-    table = Table(title="Enrollment rate per district (goal 99%) and funds, yuan", title_justify="left")
-    for name in ("district", "target", "enrolled", "rate", "individual", "assistance fund", "fiscal", "total"):
-        table.add_column(name, justify="left" if name == "district" else "right")
-    for row in report.districts:
-        rate = row["rate_percent"]
-        style = "green" if rate is not None and rate >= row["goal_percent"] else "yellow"
-        table.add_row(
-            f"{row['district_name']} ({row['district']})", f"{row['target'] or '—'}", f"{row['enrolled']:,}",
-            f"[{style}]{rate if rate is not None else '—'}%[/{style}]", _yuan(row["individual_fen"]),
-            _yuan(row["assistance_fen"]), _yuan(row["fiscal_fen"]), _yuan(row["total_fen"]),
-        )  # fmt: skip
+    rows = [
+        {"district": f"{row['district_name']} ({row['district']})", "target": f"{row['target'] or '—'}",
+         "enrolled": f"{row['enrolled']:,}", "rate": f"{row['rate_percent'] if row['rate_percent'] is not None else '—'}%",
+         "individual": _yuan(row["individual_fen"]), "assistance fund": _yuan(row["assistance_fen"]),
+         "fiscal": _yuan(row["fiscal_fen"]), "total": _yuan(row["total_fen"])}
+        for row in report.districts
+    ]  # fmt: skip
     totals = report.totals
-    table.add_row(
-        "[bold]all districts[/bold]", f"{totals['target']:,}", f"{totals['enrolled']:,}",
-        f"{100 * totals['enrolled'] / totals['target']:.2f}%" if totals["target"] else "—",
-        _yuan(totals["individual_fen"]), _yuan(totals["assistance_fen"]),
-        _yuan(totals["fiscal_fen"]) if any(r["fiscal_fen"] is not None for r in report.districts) else "—",
-        _yuan(totals["total_fen"]),
-    )  # fmt: skip
-    console.print(table)
-    console.print(f"In a waiting period (等待期) during {report.coverage_year}: {report.waiting:,} people")
-    side = Table(title="Rejections by reason", title_justify="left")
-    side.add_column("reason")
-    side.add_column("count", justify="right")
-    for reason, count in report.rejections.items():
-        side.add_row(reason, f"{count:,}")
-    console.print(side)
-    flags = Table(title="Fraud flags by rule", title_justify="left")
-    flags.add_column("rule")
-    flags.add_column("count", justify="right")
-    for rule, count in report.flags.items():
-        flags.add_row(rule, f"{count:,}")
-    console.print(flags)
-    planted = Table(title=f"Planted fraud: {report.caught} of {len(report.planted)} caught", title_justify="left")
-    for name in ("case", "rule", "subject", "caught"):
-        planted.add_column(name)
-    for p in report.planted:
-        planted.add_row(p.description, p.rule, p.subject_key[:24], "[green]yes[/green]" if p.caught else "[red]NO[/red]")
-    console.print(planted)
+    rows.append({
+        "district": "all districts", "target": f"{totals['target']:,}", "enrolled": f"{totals['enrolled']:,}",
+        "rate": f"{100 * totals['enrolled'] / totals['target']:.2f}%" if totals["target"] else "—",
+        "individual": _yuan(totals["individual_fen"]), "assistance fund": _yuan(totals["assistance_fen"]),
+        "fiscal": _yuan(totals["fiscal_fen"]) if any(r["fiscal_fen"] is not None for r in report.districts) else "—",
+        "total": _yuan(totals["total_fen"]),
+    })  # fmt: skip
+    numbers = ("target", "enrolled", "rate", "individual", "assistance fund", "fiscal", "total")
+    print_table(rows, title="Enrollment rate per district (goal 99%) and funds, yuan", right=numbers, out=out)
+    out.print(f"In a waiting period (等待期) during {report.coverage_year}: {report.waiting:,} people", markup=False)
+    counts = lambda items, name: [{name: k, "count": f"{v:,}"} for k, v in items.items()]  # noqa: E731
+    print_table(counts(report.rejections, "reason"), title="Rejections by reason", right=("count",), out=out)
+    print_table(counts(report.flags, "rule"), title="Fraud flags by rule", right=("count",), out=out)
+    planted = [
+        {"case": p.description, "rule": p.rule, "subject": p.subject_key[:24], "caught": "yes" if p.caught else "NO"}
+        for p in report.planted
+    ]
+    print_table(planted, title=f"Planted fraud: {report.caught} of {len(report.planted)} caught", out=out)
 
 
 def write_html(report: DemoReport, path: Path) -> None:

@@ -56,46 +56,91 @@ def run_demo(
     seed: int,
     policy: RegionPolicy,
     quiet: bool = False,
+    show_report: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole demo; returns its summary (also written to ``DATA_DIR/demo.json``)."""
+    """Run the whole demo; returns its summary (also written to ``DATA_DIR/demo.json``).
+
+    Progress goes to stderr (nothing when ``quiet``), the report to stdout (unless
+    ``show_report`` is false). Interrupted (Ctrl-C: ``KeyboardInterrupt``) or failed, it stops
+    ``ledger serve`` first and the nats-server last, marks ``demo.json`` ``interrupted`` or
+    ``failed`` (with the stage it reached), and lets the exception go on."""
+    prepare(data_dir)
+    stage = ["starting"]
+    _mark(data_dir, {"status": "running", "stage": stage[0], "people": people, "seed": seed})
+    try:
+        summary = _run(people, data_dir, report_html, seed, policy, quiet, show_report, stage)
+    except KeyboardInterrupt:
+        _mark(data_dir, {"status": "interrupted", "stage": stage[0], "people": people, "seed": seed})
+        raise
+    except BaseException as e:
+        _mark(data_dir, {"status": "failed", "stage": stage[0], "error": str(e) or type(e).__name__, "people": people, "seed": seed})
+        raise
+    _mark(data_dir, summary)
+    if show_report and not quiet:
+        _next_steps(season_example=summary["example_id_number"], data_dir=data_dir)
+    return summary
+
+
+def _mark(data_dir: Path, state: dict[str, Any]) -> None:
+    """``DATA_DIR/demo.json``: the demo's state (running, interrupted, failed) or its summary (done)."""
+    (data_dir / MARKER).write_text(json.dumps(state, ensure_ascii=False, indent=2))
+
+
+def _run(
+    people: int, data_dir: Path, report_html: Path | None, seed: int, policy: RegionPolicy, quiet: bool,
+    show_report: bool, stage: list[str],
+) -> dict[str, Any]:  # fmt: skip
     from ledger.jetstream.server import EmbeddedNatsServer
     from service.bootstrap import local_secret
 
-    prepare(data_dir)
-    (data_dir / MARKER).write_text(json.dumps({"status": "running", "people": people, "seed": seed}))
     progress = _Progress(quiet)
+    stage[0] = "simulating"
     progress.say(f"simulating a season for {people:,} residents (seed {seed}) …")
     season = simulate(people, seed=seed, policy=policy)
     secret = local_secret(data_dir / "person-key.secret")
     keyer = PersonKeyer(secret.encode())
-    server = EmbeddedNatsServer(data_dir / "nats").start()
+    stage[0] = "starting nats-server"
+    server = EmbeddedNatsServer(data_dir / "nats", own_session=True)
     serve = None
     try:
+        server.start()
         progress.say(f"embedded nats-server: {server.url} (data in {server.data_dir})")
+        stage[0] = "starting ledger serve"
         serve = _start_serve(server.url, data_dir, secret)
         _wait(lambda: (data_dir / "serve.url").exists() or serve.poll() is not None, 120, "ledger serve to start")
         if serve.poll() is not None:
             raise DemoError(f"ledger serve stopped at start: see {data_dir / 'serve.log'}")
+        stage[0] = "publishing"
+        progress.say(f"publishing {len(season.messages):,} upstream messages …")
         started = time.monotonic()
         published = asyncio.run(_publish(server.url, season, progress))
         publish_seconds = time.monotonic() - started
+        stage[0] = "catching up"
         caught_up_at = _catch_up(server.url, data_dir, published, progress, serve)
         catch_up_seconds = caught_up_at - (started + publish_seconds)
     finally:
+        _stop(serve, server)
+    stage[0] = "reporting"
+    return _report(
+        season, keyer, data_dir, policy, report_html, published, publish_seconds, catch_up_seconds,
+        quiet=quiet or not show_report,
+    )  # fmt: skip
+
+
+def _stop(serve: subprocess.Popen[bytes] | None, server: Any) -> None:
+    """``ledger serve`` first (gracefully: it writes its last checkpoint), the nats-server last;
+    a second Ctrl-C meanwhile kills serve instead of waiting for it, and still stops the server."""
+    try:
         if serve is not None and serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             try:
                 serve.wait(60)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 serve.kill()
+                serve.wait()
+                raise
+    finally:
         server.stop()
-    summary = _report(
-        season, keyer, data_dir, policy, report_html, published, publish_seconds, catch_up_seconds, quiet=quiet
-    )
-    (data_dir / MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=2))
-    if not quiet:
-        _next_steps(season, data_dir)
-    return summary
 
 
 def _start_serve(url: str, data_dir: Path, secret: str) -> subprocess.Popen[bytes]:
@@ -103,9 +148,11 @@ def _start_serve(url: str, data_dir: Path, secret: str) -> subprocess.Popen[byte
     env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": secret}
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--nats-url", url, "--data-dir", str(data_dir)],
+        stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
         env=env,
+        start_new_session=True,  # a Ctrl-C reaches the demo only, which stops serve, then the server
     )
     log.close()
     return process
@@ -285,14 +332,14 @@ def _example(season: Season) -> str:
     )
 
 
-def _next_steps(season: Season, data_dir: Path) -> None:
-    example = _example(season) or "<ID number>"
+def _next_steps(*, season_example: str, data_dir: Path) -> None:
+    example = season_example or "<ID number>"
     d = f"--data-dir {data_dir}"
     print(
-        "\nThe demo's ledger stays in", data_dir, "— try:\n"
-        f"  .venv/bin/ledger coverage {example} --date {COVERAGE_YEAR}-06-01 {d}\n"
+        f"\nThe demo's ledger stays in {data_dir}; try:\n"
+        f"  .venv/bin/ledger coverage {example} \\\n      --date {COVERAGE_YEAR}-06-01 {d}\n"
         f"  .venv/bin/ledger audit {example} {d}\n"
-        f"  .venv/bin/ledger report --year {COVERAGE_YEAR} --on {COVERAGE_YEAR}-01-31 {d}\n"
+        f"  .venv/bin/ledger report --year {COVERAGE_YEAR} --on {COVERAGE_YEAR}-01-31 \\\n      {d}\n"
         f"  .venv/bin/ledger replay {d}"
     )
 
@@ -305,7 +352,9 @@ class _Progress:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            print(text, flush=True)
+            from service.cli.output import say
+
+            say(text, err=True)
 
     def bar(self, title: str, total: int) -> Any:
         from contextlib import contextmanager
@@ -323,7 +372,10 @@ class _Progress:
                 TimeElapsedColumn,
             )
 
-            with Progress(TextColumn(f"{title:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+            from service.cli.output import console
+
+            columns = (TextColumn(f"{title:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console(stderr=True)) as bar:
                 task = bar.add_task(title, total=total)
                 yield lambda n: bar.update(task, advance=n)
 
