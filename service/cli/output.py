@@ -80,18 +80,19 @@ def print_table(
     names = list(columns or rows[0].keys())
     cells = [[_cell(row.get(name)) for name in names] for row in rows]
     if not vertical and _natural_width(names, cells) <= out.width:
-        table = Table(title=Text(title) if title else None, title_justify="left")
+        if title:
+            out.print(Text(title))
+        table = Table()
         for name in names:
             table.add_column(name, justify="right" if name in right else "left", overflow="fold")
         for line in cells:
             table.add_row(*map(Text, line))
         out.print(table)
         return
-    table = Table(
-        title=Text(title or "") if len(rows) == 1 else Text(f"{title or 'records'} ({len(rows)}, one block each)"),
-        title_justify="left",
-        show_header=False,
-    )
+    heading = title if len(rows) == 1 else f"{title or 'records'}: {len(rows)} records, one block each"
+    if heading:
+        out.print(Text(heading))
+    table = Table(show_header=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for number, line in enumerate(cells):

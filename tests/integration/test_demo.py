@@ -20,10 +20,19 @@ PEOPLE = 400
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``args`` as a user runs them, with the output captured at 80 columns (a pipe, a CI log)."""
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "LEDGER_PERSON_KEY_SECRET", "LEDGER_VIEWS")}
     return subprocess.run(
-        args, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout
-    )
+        args, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def _widest(text: str) -> int:
+    """The widest line of ``text`` in terminal cells (a Chinese character takes two)."""
+    from rich.cells import cell_len
+
+    return max((cell_len(line) for line in text.splitlines()), default=0)
 
 
 def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(tmp_path: Path) -> None:
@@ -48,6 +57,7 @@ def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(
     assert 0.85 * summary["target"] <= summary["enrolled"] <= summary["target"]
     for heading in ("Enrollment rate per district", "Rejections by reason", "Fraud flags by rule", "Planted fraud"):
         assert heading in demo.stdout
+    assert _widest(demo.stdout) <= 80, "the report fits 80 columns"
     page = (tmp_path / "data/demo/report.html").read_text()
     assert page.count("<svg") == 2 and "Planted fraud" in page and "<script" not in page
 
@@ -60,12 +70,16 @@ def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(
     # Then every one of them works
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "covered" in run.stdout and "timeline" in run.stdout
-    assert "enrollment and funds per district" in run.stdout
+    assert "enrollment and funds per district" in " ".join(run.stdout.split())
     assert re.search(r"replayed [\d,]+ ledger events and [\d,]+ rejections", run.stdout)
-    assert (tmp_path / "districts.csv").read_text().startswith("district,")
+    assert (tmp_path / "data/demo/districts.csv").read_text().startswith("district,")
     assert "intact: every hash chain and checkpoint holds" in run.stdout
     checkpoints = re.search(r"(\d+) checkpoints verified", run.stdout)
     assert checkpoints and int(checkpoints.group(1)) >= 1, "ledger serve signs a checkpoint when it stops"
+    # And what they print fits 80 columns
+    assert _widest(run.stdout) <= 80, run.stdout
+    # And everything they wrote is under data/ (git-ignored): nothing new in a checkout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".venv", "data"]
 
 
 def test_the_readme_walk_through_with_the_example_messages_works_as_written(tmp_path: Path) -> None:
@@ -77,9 +91,13 @@ def test_the_readme_walk_through_with_the_example_messages_works_as_written(tmp_
     assert block, "the README marks its walk through"
     # When its lines run unchanged
     run = _run(["bash", "-c", "set -euo pipefail\n" + block.group(1)], tmp_path, timeout=180)
+    log = tmp_path / "data/local/serve.log"
     # Then the service started, took the messages, answered from the views, and stopped cleanly
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (tmp_path / "serve.log").read_text()[-2000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (log.read_text()[-2000:] if log.exists() else "")
     assert "published 1 messages on upstream.subsidy.listed" in run.stderr
     assert re.search(r'covered\s+│ True', run.stdout), run.stdout  # dibao roster: paid its 10% share
     assert "amount_mismatch" in run.stdout, "the wrong payment is rejected, and reported"
-    assert "event=stopped" in (tmp_path / "serve.log").read_text()
+    assert "event=stopped" in log.read_text()
+    # And everything the lines wrote is under data/ (git-ignored): nothing new in a checkout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".venv", "data", "docs"]
+    assert _widest(run.stdout) <= 80, run.stdout
