@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,postgres]'
 	touch $(STAMP)
 
+## The official AsyncAPI parser (@asyncapi/parser, pinned in tools/asyncapi/package-lock.json),
+## which a test runs on docs/asyncapi.json: installed in tools/asyncapi/node_modules (Node.js and
+## npm needed), never globally, and without running packages' install scripts.
+ASYNCAPI_STAMP := tools/asyncapi/node_modules/.installed
+
+$(ASYNCAPI_STAMP): tools/asyncapi/package.json tools/asyncapi/package-lock.json
+	npm ci --prefix tools/asyncapi --ignore-scripts --no-audit --no-fund
+	touch $(ASYNCAPI_STAMP)
+
 ## make lint: style (ruff), types (mypy) and the import rules between layers (lint-imports);
 ## configured in pyproject.toml. make test runs it first.
 lint: $(STAMP)
@@ -22,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 ## make test: lint, then the whole suite, against nats-server processes the tests start themselves.
-test: $(STAMP)
+test: $(STAMP) $(ASYNCAPI_STAMP)
 	$(MAKE) lint
 	$(PY) -m pytest -q
 

@@ -27,7 +27,6 @@ from faststream.nats import NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from faststream.nats.schemas import JStream
 from faststream.params import NoCast
-from faststream.specification import AsyncAPI
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -542,18 +541,3 @@ async def _bodies_as_sent(message: Any) -> Any:
     acknowledged, the same failure at every redelivery, the ingestion stalled behind it.
     """
     return message.body
-
-
-def asyncapi_document(service: IngestService) -> dict[str, Any]:
-    """The AsyncAPI document FastStream generates for the ingestion subscriber."""
-    spec = AsyncAPI(
-        service.broker,
-        title="Enrollment ledger — upstream contract",
-        version="1.0.0",
-        description=(
-            "Upstream systems publish the facts of contract.md on upstream.<fact>; the ledger "
-            "consumes them in order and rejects bad ones onto ledger.rejected.<reason>. "
-            "Downstream services ask coverage.query."
-        ),
-    )
-    return msgspec.json.decode(msgspec.json.encode(spec.to_specification().to_jsonable()))

@@ -17,7 +17,6 @@ nothing else wires them together.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -302,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     _format_option(demo)
     demo.set_defaults(run=_demo)
 
-    asyncapi = commands.add_parser("asyncapi", help="print or write the AsyncAPI document of the consumers")
+    asyncapi = commands.add_parser("asyncapi", help="print or write the AsyncAPI 3 document of the contract")
     asyncapi.add_argument("--output", type=Path, help="write it to this file instead of standard output")
     asyncapi.set_defaults(run=_asyncapi)
     _everywhere(parser, "--log-level", help="debug, info, warning (LEDGER_LOG_LEVEL); before or after the command")
@@ -431,16 +430,10 @@ def _asyncapi(args: argparse.Namespace) -> int:
 
 
 def asyncapi_text() -> str:
-    """The AsyncAPI document of the ingestion consumer, as committed under docs/."""
-    from faststream.nats import NatsBroker
+    """The AsyncAPI 3 document of the contract, as committed in docs/asyncapi.json."""
+    from contract.asyncapi import asyncapi_text as text
 
-    from consumers.app import IngestService, asyncapi_document
-    from projections.queries import CoverageQueryService
-
-    broker = NatsBroker("nats://127.0.0.1:4222", logger=None)
-    service = IngestService(None, broker)
-    CoverageQueryService(None, broker)
-    return json.dumps(asyncapi_document(service), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    return text()
 
 
 if __name__ == "__main__":
