@@ -10,6 +10,7 @@ takes effect).
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import date, datetime
 from typing import Annotated
 
@@ -22,7 +23,7 @@ class CoverageRequest(Documented, frozen=True, kw_only=True):
     """A coverage question: ``as_of`` asks what the ledger knew at that recorded time."""
 
     id_number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    date: date
+    date: dt.date  # qualified: the field's name hides the type in the class body
     as_of: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
 
     def __post_init__(self) -> None:
@@ -41,13 +42,13 @@ class CoverageReply(Documented, frozen=True, kw_only=True):
     the year of the enrollment the answer is about (``date``'s year when there is none)."""
 
     person_key: str
-    date: date
+    date: dt.date  # qualified: the field's name hides the type in the class body
     covered: bool
     in_waiting_period: bool
     coverage_year: int
-    coverage_start: date | None
-    coverage_end: date | None
-    benefit_start: date | None
+    coverage_start: dt.date | None
+    coverage_end: dt.date | None
+    benefit_start: dt.date | None
     status: str
     subsidy_category: str | None
     ended_reason: str | None

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from functools import singledispatchmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from uuid import UUID
 
 import msgspec
@@ -50,6 +50,14 @@ _NOT_DETAIL = frozenset({"originator_id", "originator_version", "timestamp", "or
 """Event fields the audit row shows in columns of its own, or not at all (the name)."""
 
 PERSON_COLUMNS_EVENTS = frozenset({"Registered", "RegistrationUpdated", "DeathRegistered"})
+
+
+@runtime_checkable
+class _ReceiptEvent(Protocol):
+    """A receipt's event (``CashReceipt``'s one event, ``Issued``, made by the library from its
+    ``__init__``, so not a class the type checker sees): it names the receipt."""
+
+    receipt_no: str
 
 
 class _LRU:
@@ -78,6 +86,7 @@ class LedgerProjection(Projection[LedgerViews]):
     name = "LedgerViews"
     policy: ClassVar[RegionPolicy | None] = None
     load: ClassVar[Loader | None] = None
+    """Read through the class (``type(self).load``): a function, not a method of the projection."""
     until: ClassVar[datetime | None] = None
     publish: ClassVar[bool] = False
     cache_size: ClassVar[int] = 200_000
@@ -108,11 +117,12 @@ class LedgerProjection(Projection[LedgerViews]):
         self.lock = threading.Lock()
         """Held while an event is folded into a person: readers (coverage.query) see whole events."""
         self.fraud = FraudRules(self.rules, view)
-        if not view.fresh and self.load is not None:
+        load = type(self).load
+        if not view.fresh and load is not None:
             # Collectors still holding cash, as of the views' position: time passing (later
             # events' effective days) must find them overdue even if they never collect again.
             for collector, version in view.db.query("SELECT collector, version FROM collectors WHERE balance_fen > 0"):
-                self.collectors[collector_id(collector)] = self.load(collector_id(collector), version)
+                self.collectors[collector_id(collector)] = load(collector_id(collector), version)
 
     # ---- dispatch ---------------------------------------------------------------------------
 
@@ -139,6 +149,8 @@ class LedgerProjection(Projection[LedgerViews]):
     @process_event.register
     def _receipt_event(self, domain_event: CashReceipt.Event, tracking: Tracking) -> None:
         if not self._skipped(domain_event, tracking):
+            if not isinstance(domain_event, _ReceiptEvent):
+                raise TypeError(f"{type(domain_event).__name__}: a receipt event without a receipt_no")
             self._audit(f"receipt:{domain_event.receipt_no}", domain_event, tracking.notification_id)
         self.position = tracking.notification_id
         self.view.insert_tracking(tracking)
@@ -202,9 +214,10 @@ class LedgerProjection(Projection[LedgerViews]):
             return None
         if cached is not None and cached.version == version:
             return cached
-        if self.load is None:
+        load = type(self).load
+        if load is None:
             raise LookupError(f"{event.originator_id} v{version} is not cached and no loader is set")
-        return self.load(event.originator_id, version)
+        return load(event.originator_id, version)
 
     def _stage_person(self, person: InsuredPerson, event: Any, seq: int) -> None:
         self.view.stage(

@@ -31,7 +31,10 @@ def _publish(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.file}: {e.strerror}") from None
     try:
         with lines:
-            rows = list(csv_messages(args.subject, lines) if args.file.endswith(".csv") else checked_lines(lines))
+            messages: Iterable[str | dict[str, Any]] = (
+                csv_messages(args.subject, lines) if args.file.endswith(".csv") else checked_lines(lines)
+            )
+            rows = list(messages)
     except UnicodeDecodeError as e:
         raise SystemExit(f"{args.file}: not UTF-8 ({e.reason} at byte {e.start})") from None
     import nats.errors
@@ -59,7 +62,7 @@ def checked_lines(lines: Iterable[str]) -> Iterable[str]:
             continue
         try:
             body = json.loads(text)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             raise SystemExit(f"line {number}: not JSON ({e.msg} at column {e.colno}); nothing was published") from None
         if not isinstance(body, dict) or not body.get("msg_id"):
             raise SystemExit(f"line {number}: not a JSON object with a msg_id; nothing was published")

@@ -7,7 +7,7 @@ import logging
 import os
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.bootstrap import (
     SERVE_URL_FILE,
@@ -18,6 +18,10 @@ from service.bootstrap import (
 )
 from service.cli.output import _emit, emit_document, say
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from ledger.application import Ledger
+    from ledger.jetstream.datastore import JetStreamDatastore
 
 log = logging.getLogger("ledger")
 
@@ -53,11 +57,18 @@ class _Store:
                 if ledger
                 else None
             )
-            self.datastore = self.ledger.recorder.datastore if self.ledger is not None else _datastore(url)
+            self.datastore = _datastore_of(self.ledger) if self.ledger is not None else _datastore(url)
         except BaseException:  # a bad policy, secret or server: the embedded server started here stops
             if self.server is not None:
                 self.server.stop()
             raise
+
+    @property
+    def opened(self) -> Ledger:
+        """The ledger of a store opened with ``ledger=True``."""
+        if self.ledger is None:
+            raise RuntimeError("the store was opened without the ledger")
+        return self.ledger
 
     def close(self) -> None:
         try:
@@ -70,7 +81,17 @@ class _Store:
                 self.server.stop()
 
 
-def _datastore(url: str) -> Any:
+def _datastore_of(ledger: Ledger) -> JetStreamDatastore:
+    """The streams of the ledger's event store (its recorder is the JetStream one)."""
+    from ledger.jetstream.recorders import JetStreamApplicationRecorder
+
+    recorder = ledger.recorder
+    if not isinstance(recorder, JetStreamApplicationRecorder):
+        raise TypeError(f"the ledger's recorder is a {type(recorder).__name__}, not the JetStream recorder")
+    return recorder.datastore
+
+
+def _datastore(url: str) -> JetStreamDatastore:
     """The event store's streams at ``url``, as the ledger names them (NATS_STREAM,
     NATS_SUBJECT_PREFIX), without opening the application."""
     from ledger.jetstream.client import NatsClient
@@ -94,11 +115,11 @@ def _coverage(args: argparse.Namespace) -> int:
     store = _Store(args)
     try:
         try:
-            answer = store.ledger.coverage(args.id_number, day, as_of=args.as_of)
+            answer = store.opened.coverage(args.id_number, day, as_of=args.as_of)
         except Refusal as refusal:
             raise SystemExit(f"{refusal.reason}: {refusal.detail}") from None
         reply = msgspec.to_builtins(answer)
-        reply["ledger_seq"] = store.ledger.recorder.max_notification_id()
+        reply["ledger_seq"] = store.opened.recorder.max_notification_id()
     finally:
         store.close()
     _emit([reply], args.format, title=f"coverage on {day}", vertical=True)
@@ -220,7 +241,7 @@ def _report(args: argparse.Namespace) -> int:
         "rejections": "rejections by reason",
     }
     for name, rows in sections.items():
-        columns = None
+        columns: tuple[str, ...] | None = None
         if name == "cash":
             rows = [_in_yuan(r) for r in rows]
             columns = ("collector", "balance", "received", "remitted", "oldest_unremitted_at", "days_held", "overdue", "over_limit")
@@ -272,9 +293,10 @@ def _replay(args: argparse.Namespace) -> int:
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
+            ledger = store.opened
             result = replay(
-                ledger_env=dict(store.ledger.env), views_url=views_url, nats_url=store.url, policy=store.ledger.policy,
-                loader=store.ledger, until=args.until, progress=progress,
+                ledger_env=dict(ledger.env), views_url=views_url, nats_url=store.url, policy=ledger.policy,
+                loader=ledger, until=args.until, progress=progress,
             )
     finally:
         store.close()
@@ -301,16 +323,18 @@ def _verify(args: argparse.Namespace) -> int:
     trusted = {key_id(p.read_text()) for p in keys} if keys else None
     store = _Store(args)
     try:
-        report = verify(store.ledger.recorder.datastore, trusted_keys=trusted)
+        report = verify(store.datastore, trusted_keys=trusted)
     finally:
         store.close()
     if args.format != "table":
-        row = {"intact": report.ok, "messages": report.messages, "events": report.events,
+        trusted_keys = [str(p) for p in keys]
+        findings = [str(f) for f in report.findings]
+        row: dict[str, Any] = {"intact": report.ok, "messages": report.messages, "events": report.events,
                "checkpoints": report.checkpoints, "last_checkpoint_seq": report.last_checkpoint_seq,
-               "trusted_keys": [str(p) for p in keys], "findings": [str(f) for f in report.findings]}  # fmt: skip
+               "trusted_keys": trusted_keys, "findings": findings}  # fmt: skip
         if args.format == "csv":
-            row["findings"] = "; ".join(row["findings"])
-            row["trusted_keys"] = " ".join(row["trusted_keys"])
+            row["findings"] = "; ".join(findings)
+            row["trusted_keys"] = " ".join(trusted_keys)
         _emit([row], args.format, vertical=True)
         return 0 if report.ok else 1
     say(

@@ -23,11 +23,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.policy import RegionPolicy
 from simulation.season import Season, simulate
+
+if TYPE_CHECKING:
+    from nats.js.api import PubAck
 
 MARKER = "demo.json"
 COVERAGE_YEAR = 2022
@@ -166,7 +169,7 @@ async def _publish(url: str, season: Season, progress: _Progress) -> int:
     done = 0
     try:
         with progress.bar("publishing upstream messages", len(season.messages)) as advance:
-            pending = []
+            pending: list[asyncio.Future[PubAck]] = []
             for message in season.messages:
                 body = json.dumps(message.body, ensure_ascii=False).encode()
                 msg_id = str(message.body.get("msg_id") or f"demo-{done + len(pending)}")
@@ -236,7 +239,8 @@ def _last_event_seq(url: str) -> int:
         nc = await nats.connect(url)
         try:
             reply = await nc.request("$JS.API.DIRECT.GET.LEDGER", json.dumps({"last_by_subj": "ledger.evt.>"}).encode(), timeout=10)
-            return 0 if reply.headers and reply.headers.get("Status") == "404" else int(reply.headers["Nats-Sequence"])
+            headers = reply.headers or {}  # a direct get answers with headers: the message's, or a status
+            return 0 if headers.get("Status") == "404" else int(headers["Nats-Sequence"])
         finally:
             await nc.close()
 
