@@ -92,10 +92,13 @@ class CoveragePublisher:
 
     def __init__(
         self, database: Database, nats_url: str, *, timeout: float = 10.0, replicas: int = 1, active: bool = True,
-        source: str | None = None,
+        source: str | None = None, client: NatsClient | None = None,
     ) -> None:
+        """``client``: the process's connection to share (``ledger serve``'s event store); by
+        default one of its own, for ``nats_url``, closed with the publisher."""
         self.db = database
-        self.client = NatsClient(nats_url, timeout=timeout)
+        self._own_client = client is None
+        self.client = client if client is not None else NatsClient(nats_url, timeout=timeout)
         self.client.run(ensure_downstream(self.client.nc, replicas))
         self.published = 0
         self.source = source
@@ -255,7 +258,8 @@ class CoveragePublisher:
         self._stopping.set()
         self._wake.set()
         self._thread.join()
-        self.client.close()
+        if self._own_client:
+            self.client.close()
 
 
 @dataclass(frozen=True)

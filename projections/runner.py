@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from contract.rejection import decode_rejection
 from contract.subjects import LEDGER_STREAM, REJECTED_STREAM
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
-from ledger.jetstream.client import server_urls
+from ledger.jetstream.client import NatsClient, server_urls
 from projections.database import Database
 from projections.downstream import CoveragePublisher
 from projections.projection import LedgerProjection
@@ -51,49 +52,62 @@ def views_env(ledger_env: dict[str, str], views_url: str) -> dict[str, str]:
 
 class RejectionsReader:
     """REJECTED messages into the ``rejections`` view (and the rejection-based fraud flags),
-    from just after the last one the views committed, in stream order."""
+    from just after the last one the views committed, in stream order.
 
-    def __init__(self, nats_url: str, projection: LedgerProjection, *, stream: str = REJECTED_STREAM) -> None:
-        self.url = nats_url
+    It follows REJECTED on ``client`` — the process's connection to the store, on that client's
+    event loop, like the event store and the publisher — and hands each message to a plain thread
+    of its own that stages it in the views (staging may wait for a commit: never on the loop)."""
+
+    def __init__(self, client: NatsClient, projection: LedgerProjection, *, stream: str = REJECTED_STREAM) -> None:
+        self.client = client
         self.projection = projection
         self.view = projection.view
         self.stream = stream
         self._stop = threading.Event()
         self.error: BaseException | None = None
-        self._last = 0
-        """The last REJECTED sequence read."""
+        self._last = self.view.max_tracking_id(REJECTED_TRACKING) or 0
+        """The last REJECTED sequence staged."""
+        self._received = self._last
+        """The last REJECTED sequence handed to the staging thread (the loop's)."""
         self._generation = 0
-        self._thread = threading.Thread(target=self._run, name="rejections-reader", daemon=True)
+        self._queue: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()
+        self._reconnected = threading.Event()
+        self._listening = [client.on_reconnected(self._reconnected.set), client.on_error(self._on_error)]
+        self._thread = threading.Thread(target=self._stage_each, name="rejections-reader", daemon=True)
         self._thread.start()
+        self._reading = client.start(self._read())
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._read())
-        except BaseException as e:  # noqa: BLE001 - reported by the owner
+    def _on_error(self, e: Exception) -> None:
+        import nats
+
+        if isinstance(e, nats.errors.SlowConsumerError) and self._generation and getattr(e, "sid", None) == self._sid:
+            # Never silently lost: a rejection the client dropped stops the projections loudly.
+            self._fail(RuntimeError(f"rejections reader fell behind and lost messages: {e!r}"))
+
+    _sid: int | None = None
+
+    def _fail(self, e: BaseException) -> None:
+        if self.error is None:
             self.error = e
             log.error("event=rejections_reader_failed error=%r", e)
+        self._stop.set()
+
+    def _stage_each(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg is None or self.error is not None:
+                return
+            try:
+                self._on(msg)
+            except BaseException as e:  # noqa: BLE001 - reported by the owner
+                self._fail(e)
+                return
 
     async def _read(self) -> None:
         import nats
 
-        async def on_error(e: Exception) -> None:
-            if isinstance(e, nats.errors.SlowConsumerError):
-                # Never silently lost: a rejection the client dropped stops the projections loudly.
-                self.error = RuntimeError(f"rejections reader fell behind and lost messages: {e!r}")
-                self._stop.set()
-
-        reconnected = asyncio.Event()
-
-        async def on_reconnected() -> None:
-            reconnected.set()
-
-        nc = await nats.connect(
-            server_urls(self.url), max_reconnect_attempts=-1, error_cb=on_error, reconnected_cb=on_reconnected,
-            reconnect_time_wait=0.25,
-        )
         try:
-            js = nc.jetstream()
-            self._last = self.view.max_tracking_id(REJECTED_TRACKING) or 0
+            js = self.client.nc.jetstream()
             sub = None
             while not self._stop.is_set():
                 try:
@@ -105,10 +119,10 @@ class RejectionsReader:
             else:
                 return
             while not self._stop.is_set():
-                if reconnected.is_set():
+                if self._reconnected.is_set():
                     # A server restarted: follow again from the next sequence now, instead of
                     # when the ordered consumer has missed enough heartbeats to reset itself.
-                    reconnected.clear()
+                    self._reconnected.clear()
                     old, sub = sub, None
                     if old is not None:  # (None: following again failed the last time)
                         try:
@@ -119,13 +133,18 @@ class RejectionsReader:
                         sub = await self._follow(js)
                     except Exception as e:  # noqa: BLE001 - JetStream may still be recovering: retried
                         log.info("event=rejections_resubscribe_failed error=%r", e)
-                        reconnected.set()
+                        self._reconnected.set()
                         await asyncio.sleep(0.1)
                 await asyncio.sleep(0.05)
             if sub is not None:
-                await sub.unsubscribe()
-        finally:
-            await nc.close()
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # noqa: BLE001 - closing: the ordered consumer expires on the server
+                    pass
+        except BaseException as e:
+            if not isinstance(e, asyncio.CancelledError):
+                self._fail(e)
+            raise
 
     async def _follow(self, js: JetStreamContext) -> JetStreamContext.PushSubscription:
         """An ordered consumer from just after the last rejection read (its late messages, once
@@ -134,19 +153,23 @@ class RejectionsReader:
 
         self._generation += 1
         generation = self._generation
-        after = self._last
+        after = self._received
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
             opt_start_seq=after + 1 if after else None,
         )
 
         async def on(msg: Msg) -> None:
-            if generation == self._generation and msg.metadata.sequence.stream > self._last:
-                await self._on(msg)
+            seq = msg.metadata.sequence.stream
+            if generation == self._generation and seq > self._received:
+                self._received = seq
+                self._queue.put(msg)
 
-        return await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=on)
+        sub = await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=on)
+        self._sid = getattr(sub, "_id", None)
+        return sub
 
-    async def _on(self, msg: Msg) -> None:
+    def _on(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
             rejection = decode_rejection(msg.data)
@@ -170,6 +193,13 @@ class RejectionsReader:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self._reading.result(timeout=10)  # unsubscribed
+        except Exception:  # noqa: BLE001 - stopping: an error was reported when it happened
+            self._reading.cancel()
+        for stop_listening in self._listening:
+            stop_listening()
+        self._queue.put(None)
         self._thread.join(timeout=10)
 
 
@@ -191,38 +221,47 @@ class Projections:
         standby: bool = False,
     ) -> None:
         """``standby``: keep the outbox (with ``publish``) but publish it only once
-        ``publisher.activate()`` is called (a standby taking over)."""
-        source = stream_source(nats_url, ledger_env.get("NATS_STREAM", LEDGER_STREAM))
-        if source is not None:
-            views = LedgerViews(Database.open(views_url))
-            try:
-                views.bind(source)
-            finally:
-                views.close()
-        projection_class = LedgerProjection.configured(
-            policy=policy, load=_loader(loader), until=until, publish=publish
-        )
-        with ExitStack() as started:
-            self.runner: ProjectionRunner[Ledger, LedgerViews] = started.enter_context(
-                ProjectionRunner(
-                    application_class=Ledger,
-                    projection_class=projection_class,
-                    view_class=LedgerViews,
-                    env=views_env(ledger_env, views_url),
+        ``publisher.activate()`` is called (a standby taking over).
+
+        One connection to the store per process: the ledger's own (its event store), shared by
+        the runner's reader of LEDGER, the rejections reader and the publisher, and given back
+        last by ``close``."""
+        self._client = _shared_client(loader, nats_url)
+        try:
+            source = _stream_source(self._client, ledger_env.get("NATS_STREAM", LEDGER_STREAM))
+            if source is not None:
+                views = LedgerViews(Database.open(views_url))
+                try:
+                    views.bind(source)
+                finally:
+                    views.close()
+            projection_class = LedgerProjection.configured(policy=policy, load=_loader(loader), until=until, publish=publish)
+            with ExitStack() as started:
+                self.runner: ProjectionRunner[Ledger, LedgerViews] = started.enter_context(
+                    ProjectionRunner(
+                        application_class=Ledger,
+                        projection_class=projection_class,
+                        view_class=LedgerViews,
+                        env=views_env(ledger_env, views_url),
+                    )
                 )
-            )
-            self.view: LedgerViews = self.runner.view
-            projection = self.runner.projection
-            assert isinstance(projection, LedgerProjection)  # made from projection_class
-            self.projection = projection
-            self.publisher: CoveragePublisher | None = None
-            if publish:
-                self.publisher = CoveragePublisher(self.view.db, nats_url, replicas=replicas, active=not standby, source=source)
-                self.view.after_commit(self.publisher.notify)
-            self.rejections = RejectionsReader(nats_url, self.projection, stream=rejected_stream)
-            self._runner_exit = started.pop_all()
-            """Stops the runner (its subscription and thread); closed by ``close``, or here at
-            once when a later part fails to start."""
+                self.view: LedgerViews = self.runner.view
+                projection = self.runner.projection
+                assert isinstance(projection, LedgerProjection)  # made from projection_class
+                self.projection = projection
+                self.publisher: CoveragePublisher | None = None
+                if publish:
+                    self.publisher = CoveragePublisher(
+                        self.view.db, nats_url, replicas=replicas, active=not standby, source=source, client=self._client
+                    )
+                    self.view.after_commit(self.publisher.notify)
+                self.rejections = RejectionsReader(self._client, self.projection, stream=rejected_stream)
+                self._runner_exit = started.pop_all()
+                """Stops the runner (its subscription and thread); closed by ``close``, or here at
+                once when a later part fails to start."""
+        except BaseException:
+            self._client.close()
+            raise
 
     def position(self) -> tuple[int, int]:
         """The committed positions: (LEDGER sequence, REJECTED sequence)."""
@@ -252,7 +291,20 @@ class Projections:
                 if self.publisher is not None:
                     self.publisher.close()
             finally:
-                self.view.close()
+                try:
+                    self.view.close()
+                finally:
+                    self._client.close()
+
+
+def _shared_client(loader: Ledger, nats_url: str) -> NatsClient:
+    """The ledger's own connection to its store when it is on ``nats_url`` (the process's one),
+    else the process's shared client for ``nats_url``; the caller closes (gives back) it."""
+    datastore = getattr(loader.recorder, "datastore", None)
+    store_client = getattr(datastore, "client", None)
+    if isinstance(store_client, NatsClient) and store_client.url == nats_url:
+        return store_client.acquire()
+    return NatsClient.shared(nats_url)
 
 
 def _loader(ledger: Ledger) -> Callable[[Any, int], Any]:
@@ -272,6 +324,14 @@ class ReplayResult:
     @property
     def rate(self) -> float:
         return self.ledger_events / self.seconds if self.seconds else 0.0
+
+
+def _stream_source(client: NatsClient, stream: str) -> str | None:
+    """``stream_source`` asked on the process's client."""
+    info = client.run(client.api(f"$JS.API.STREAM.INFO.{stream}"))
+    if "error" in info:
+        return None
+    return f"{stream}@{info['created']}"
 
 
 def stream_source(nats_url: str, stream: str) -> str | None:

@@ -327,6 +327,11 @@ class NatsClient:
         self._replies: dict[str, _MultiReply] = {}
         self._reply_tokens = itertools.count()
         self._closed = False
+        self._users = 1
+        """How many owners share this client (``shared``); the last ``close`` closes it."""
+        self._shared_key: tuple[Any, ...] | None = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
+        self._error_listeners: list[Callable[[Exception], None]] = []
         self.stats = CommitStats()
         try:
             self.nc: NATS = self.run(
@@ -340,8 +345,15 @@ class NatsClient:
     # ---- plumbing -------------------------------------------------------------------------
 
     async def _connect(self, url: str, connect_timeout: float, name: str, options: dict[str, Any]) -> NATS:
-        async def quiet(_e: Exception) -> None:
-            """nats-py logs and retries by itself; failures reach callers as timeouts."""
+        async def on_error(e: Exception) -> None:
+            """nats-py logs and retries by itself; failures reach callers as timeouts. Listeners
+            (``on_error``) hear of errors that concern them, such as a slow consumer."""
+            for listener in list(self._error_listeners):
+                listener(e)
+
+        async def on_reconnected() -> None:
+            for listener in list(self._reconnect_listeners):
+                listener()
 
         options.setdefault("max_reconnect_attempts", -1)
         # No buffering while reconnecting: a publish then fails at once, so an append is either
@@ -355,7 +367,8 @@ class NatsClient:
         # 15 s instead of nats-py's default of minutes.
         options.setdefault("ping_interval", 5)
         options.setdefault("max_outstanding_pings", 2)
-        options.setdefault("error_cb", quiet)
+        options.setdefault("error_cb", on_error)
+        options.setdefault("reconnected_cb", on_reconnected)
         nc = _LedgerConnection()
         connecting = nc.connect(
             server_urls(url),
@@ -382,6 +395,50 @@ class NatsClient:
         self._writer_task = asyncio.create_task(self._writer())
         return nc
 
+    _shared: dict[tuple[Any, ...], NatsClient] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, url: str, **options: Any) -> NatsClient:
+        """The process's one client for ``url`` with these options: made by the first caller,
+        shared by the next ones (the event store of the ingestion, the projections' reader of
+        the same store, the downstream publisher), closed when the last of them closes it.
+        One connection and one event loop per server for the whole process."""
+        key = (url, tuple(sorted(options.items())))
+        with cls._shared_lock:
+            client = cls._shared.get(key)
+            if client is not None and not client._closed:
+                client._users += 1
+                return client
+            client = cls(url, **options)
+            client._shared_key = key
+            cls._shared[key] = client
+            return client
+
+    def acquire(self) -> NatsClient:
+        """Share this client with one more owner, who closes it in turn."""
+        with self._shared_lock:
+            if self._closed:
+                raise NatsUnavailableError("the NATS client is closed")
+            self._users += 1
+        return self
+
+    def on_reconnected(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` (on the client's loop) after each reconnection; returns the
+        function that stops it."""
+        self._reconnect_listeners.append(listener)
+        return lambda: self._reconnect_listeners.remove(listener) if listener in self._reconnect_listeners else None
+
+    def on_error(self, listener: Callable[[Exception], None]) -> Callable[[], None]:
+        """Call ``listener(error)`` (on the client's loop) for each asynchronous error nats-py
+        reports (a slow consumer, a lost connection); returns the function that stops it."""
+        self._error_listeners.append(listener)
+        return lambda: self._error_listeners.remove(listener) if listener in self._error_listeners else None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the private loop and wait for it (from any thread but the loop's)."""
         return self.result(self.start(coro), timeout)
@@ -389,6 +446,12 @@ class NatsClient:
     def close(self) -> None:
         if self._closed:
             return
+        with self._shared_lock:
+            self._users -= 1
+            if self._users > 0:
+                return  # others still share it
+            if self._shared_key is not None and self._shared.get(self._shared_key) is self:
+                del self._shared[self._shared_key]
         try:
             self.run(self._close(), timeout=self.timeout + 1)
         except Exception:  # noqa: BLE001 - closing must not fail the caller

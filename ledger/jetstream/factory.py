@@ -64,7 +64,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
             raise OSError(f"Invalid {self.ORIGINATOR_ID_TYPE} {id_type!r}, must be 'uuid' or 'text'")
         timeout = self._number(self.NATS_TIMEOUT, 5.0)
         try:
-            client = NatsClient(
+            client = NatsClient.shared(
                 url,
                 timeout=timeout,
                 connect_timeout=self._number(self.NATS_CONNECT_TIMEOUT, 5.0),
@@ -138,4 +138,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         return cls
 
     def close(self) -> None:
-        self.datastore.client.close()
+        """Give back this store's share of the process's client (once, however often called)."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self.datastore.client.close()
