@@ -95,7 +95,8 @@ def _convert(f: dataclasses.Field[Any], raw: str, env: str) -> Any:
         if kind.startswith("Path"):
             return Path(raw)
     except ValueError:
-        raise SystemExit(f"{env}={raw!r} is not a {kind.split(' ')[0]}") from None
+        what = {"int": "a whole number", "float": "a number", "Path": "a path"}.get(kind.split(" ")[0], kind)
+        raise SystemExit(f"{env}={raw!r} is not {what}") from None
     return raw
 
 

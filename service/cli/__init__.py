@@ -29,11 +29,11 @@ from service.bootstrap import _serve
 from service.cli.publish import _publish
 from service.cli.read import _audit, _coverage, _replay, _report, _verify
 from service.cli.status import _parked_list, _parked_retry, _status
+from service.settings import Settings
 
 log = logging.getLogger("ledger")
 
 
-DEFAULT_DATA_DIR = Path("data")
 _LOG_FORMAT_HELP = "text (key=value lines, the default) or json (one object per line) (LEDGER_LOG_FORMAT)"
 
 
@@ -98,6 +98,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    env = Settings.read()  # the environment, read once; an option given wins over its variable
     parser = _Parser(
         prog="ledger",
         description="Event-sourced enrollment ledger for resident medical insurance (城乡居民基本医疗保险).",
@@ -119,30 +120,30 @@ def _parser() -> argparse.ArgumentParser:
             "on SIGINT/SIGTERM."
         ),
     )
-    serve.add_argument("--nats-url", default=os.environ.get("NATS_URL"), help="NATS server URL(s) (NATS_URL)")
+    serve.add_argument("--nats-url", default=env.nats_url, help="NATS server URL(s) (NATS_URL)")
     serve.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        default=env.data_dir,
         help="where the embedded server and local secrets live (LEDGER_DATA_DIR; default ./data)",
     )
-    serve.add_argument("--policy", type=Path, default=os.environ.get("LEDGER_POLICY"), help="policy file (LEDGER_POLICY; default Hefei)")
+    serve.add_argument("--policy", type=Path, default=env.policy_file, help="policy file (LEDGER_POLICY; default Hefei)")
     serve.add_argument(
-        "--batch-size", type=int, default=int(os.environ.get("LEDGER_BATCH_SIZE", "500")), help="messages per pull (LEDGER_BATCH_SIZE)"
+        "--batch-size", type=int, default=env.batch_size, help="messages per pull (LEDGER_BATCH_SIZE)"
     )
     serve.add_argument(
         "--replicas",
         type=int,
-        default=int(os.environ.get("NATS_REPLICAS", "1")),
+        default=env.replicas,
         help="replicas of the streams it creates: LEDGER, UPSTREAM, REJECTED, LEDGER_CHECKPOINTS, COVERAGE and the "
         "coverage bucket (NATS_REPLICAS; 3 in a cluster)",
     )
     serve.add_argument(
         "--sync-interval",
-        default=os.environ.get("LEDGER_SYNC_INTERVAL", "always"),
+        default=env.sync_interval,
         help="embedded server's JetStream sync_interval (default always: fsync before acknowledging)",
     )
-    serve.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_NATS_PORT", "0")), help="embedded server port (0: free)")
+    serve.add_argument("--port", type=int, default=env.port, help="embedded server port (0: free)")
     serve.add_argument(
         "--cipher-key-file",
         type=Path,
@@ -154,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-address", default=None, metavar="HOST:PORT",
         help="serve /metrics, /healthz and /readyz over HTTP there (LEDGER_METRICS_ADDRESS; port 0: a free one; default off)",
     )  # fmt: skip
-    _views_option(serve)
+    _views_option(env, serve)
     serve.set_defaults(run=_serve)
 
     publish = commands.add_parser(
@@ -170,10 +171,10 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("subject", help="an upstream subject of the contract")
     publish.add_argument("file", help="JSON-lines file, a .csv file, or - for standard input")
     publish.add_argument(
-        "--nats-url", default=os.environ.get("NATS_URL"),
+        "--nats-url", default=env.nats_url,
         help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR",
     )  # fmt: skip
-    _data_dir_option(publish)
+    _data_dir_option(env, publish)
     _format_option(publish)
     publish.set_defaults(run=_publish)
 
@@ -185,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     coverage.add_argument("id_number")
     coverage.add_argument("--date", type=_date, default=None, help="the day asked about (default: today, China time)")
     coverage.add_argument("--as-of", type=_time, default=None, help="what the ledger knew at this recorded time (ISO, with offset)")
-    _store_options(coverage)
+    _store_options(env, coverage)
     _format_option(coverage)
     coverage.set_defaults(run=_coverage)
 
@@ -196,8 +197,8 @@ def _parser() -> argparse.ArgumentParser:
         "version) and every rejected message about them, with the fraud flags pointing at each, from the views.",
     )
     audit.add_argument("id_number")
-    _data_dir_option(audit)
-    _views_option(audit)
+    _data_dir_option(env, audit)
+    _views_option(env, audit)
     _format_option(audit)
     audit.set_defaults(run=_audit)
 
@@ -215,9 +216,9 @@ def _parser() -> argparse.ArgumentParser:
         default="all",
         help="one part only (CSV prints one part: districts unless named)",
     )
-    _data_dir_option(report)
-    _views_option(report)
-    _policy_option(report)
+    _data_dir_option(env, report)
+    _views_option(env, report)
+    _policy_option(env, report)
     _format_option(report)
     report.set_defaults(run=_report)
 
@@ -229,8 +230,8 @@ def _parser() -> argparse.ArgumentParser:
         "without disturbing the running service, and stops at the streams' ends when it started.",
     )
     replay.add_argument("--until", type=_time, default=None, help="only events recorded up to this time (ISO, with offset)")
-    _store_options(replay)
-    _views_option(replay, default=None)
+    _store_options(env, replay)
+    _views_option(env, replay, default=None)
     _format_option(replay)
     replay.set_defaults(run=_replay)
 
@@ -244,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         "--public-key", type=Path, action="append", default=None,
         help="a trusted signing key (PEM; repeatable); default DATA_DIR/signing-key.pem.pub if present",
     )  # fmt: skip
-    _store_options(verify)
+    _store_options(env, verify)
     _format_option(verify)
     verify.set_defaults(run=_verify)
 
@@ -256,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
         "lag behind UPSTREAM, REJECTED's lag behind LEDGER, the views' position, parked messages, the last "
         "signed checkpoint, and the policy's funding years (warning when the current one has no table).",
     )
-    _store_options(status)
+    _store_options(env, status)
     _format_option(status)
     status.set_defaults(run=_status)
 
@@ -270,12 +271,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parked_commands = parked.add_subparsers(required=True, metavar="ACTION")
     parked_list = parked_commands.add_parser("list", help="the parked messages, oldest first")
-    _store_options(parked_list)
+    _store_options(env, parked_list)
     _format_option(parked_list)
     parked_list.set_defaults(run=_parked_list)
     parked_retry = parked_commands.add_parser("retry", help="decide parked messages again (all, or the sequences given)")
     parked_retry.add_argument("seqs", nargs="*", type=int, metavar="SEQ", help="UPSTREAM sequences (default: all)")
-    _store_options(parked_retry)
+    _store_options(env, parked_retry)
     _format_option(parked_retry)
     parked_retry.set_defaults(run=_parked_retry)
 
@@ -297,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=Path("data/demo"),
         help="where the demo's ledger stays (default data/demo; an earlier demo there is replaced)",
     )  # fmt: skip
-    _policy_option(demo)
+    _policy_option(env, demo)
     _format_option(demo)
     demo.set_defaults(run=_demo)
 
@@ -319,35 +320,35 @@ def _everywhere(parser: argparse.ArgumentParser, option: str, **kwargs: Any) -> 
                 _everywhere(sub, option, **kwargs)
 
 
-def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+def _data_dir_option(env: Settings, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        default=env.data_dir,
         help="the ledger's data directory (LEDGER_DATA_DIR; default ./data)",
     )
 
 
-def _views_option(parser: argparse.ArgumentParser, default: str | None = "env") -> None:
+def _views_option(env: Settings, parser: argparse.ArgumentParser, default: str | None = "env") -> None:
     parser.add_argument(
         "--views",
-        default=os.environ.get("LEDGER_VIEWS") if default == "env" else default,
+        default=env.views_url if default == "env" else default,
         help="view database: sqlite:///FILE or postgresql://… (LEDGER_VIEWS; default sqlite:///DATA_DIR/views.sqlite)",
     )
 
 
-def _policy_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", type=Path, default=os.environ.get("LEDGER_POLICY"), help="policy file (LEDGER_POLICY; default Hefei)")
+def _policy_option(env: Settings, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, default=env.policy_file, help="policy file (LEDGER_POLICY; default Hefei)")
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
+def _store_options(env: Settings, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nats-url",
-        default=os.environ.get("NATS_URL"),
+        default=env.nats_url,
         help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR, else its embedded server's data",
     )
-    _data_dir_option(parser)
-    _policy_option(parser)
+    _data_dir_option(env, parser)
+    _policy_option(env, parser)
 
 
 def _format_option(parser: argparse.ArgumentParser) -> None:

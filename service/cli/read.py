@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.subjects import LEDGER_FOLLOWER
 from service.bootstrap import (
     SERVE_URL_FILE,
     _redacted,
@@ -97,10 +97,10 @@ def _datastore(url: str) -> JetStreamDatastore:
     from ledger.jetstream.client import NatsClient
     from ledger.jetstream.datastore import JetStreamDatastore
 
+    settings = Settings.read()
     return JetStreamDatastore(
-        NatsClient(url), stream=os.environ.get("NATS_STREAM", "LEDGER"),
-        subject_prefix=os.environ.get("NATS_SUBJECT_PREFIX", "ledger"), follower="Ledger",
-    )  # fmt: skip
+        NatsClient(url), stream=settings.ledger_stream, subject_prefix=settings.ledger_prefix, follower=LEDGER_FOLLOWER
+    )
 
 
 def _coverage(args: argparse.Namespace) -> int:

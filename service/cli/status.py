@@ -6,15 +6,16 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from contract.subjects import COVERAGE_STREAM, REJECTED_STREAM, UPSTREAM_STREAM, checkpoints_stream
 from service.bootstrap import SERVE_URL_FILE, default_views_url
 from service.cli.output import _emit
 from service.cli.publish import connect_quietly
 from service.cli.read import _Store
+from service.settings import Settings
 
 log = logging.getLogger("ledger")
 
@@ -98,7 +99,7 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
     from consumers.streams import rejections_recorded
 
     ledger_stream, prefix = datastore.stream, datastore.prefix
-    tracking_subject = datastore.tracking_subject("UPSTREAM")
+    tracking_subject = datastore.tracking_subject(UPSTREAM_STREAM)
     nc = await connect_quietly(url)
     try:
 
@@ -107,8 +108,9 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
             return json.loads(reply.data)
 
         streams = {}
-        names = {"UPSTREAM": "UPSTREAM", "LEDGER": ledger_stream, "REJECTED": "REJECTED", "COVERAGE": "COVERAGE",
-                 "LEDGER_CHECKPOINTS": f"{ledger_stream}_CHECKPOINTS"}  # fmt: skip
+        # The report names them as a default deployment does; the stream asked is this one's.
+        names = {"UPSTREAM": UPSTREAM_STREAM, "LEDGER": ledger_stream, "REJECTED": REJECTED_STREAM,
+                 "COVERAGE": COVERAGE_STREAM, "LEDGER_CHECKPOINTS": checkpoints_stream(ledger_stream)}  # fmt: skip
         for name, stream in names.items():
             info = await api(f"$JS.API.STREAM.INFO.{stream}")
             if "error" not in info:
@@ -159,7 +161,7 @@ def _views_positions(args: argparse.Namespace) -> dict[str, int]:
     """The positions of the views of DATA_DIR (or ``LEDGER_VIEWS``), or {} when there are none."""
     from projections.runner import view_positions
 
-    url = os.environ.get("LEDGER_VIEWS") or default_views_url(args.data_dir)
+    url = Settings.read().views_url or default_views_url(args.data_dir)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return {}
     try:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.subjects import REJECTED_STREAM, UPSTREAM_STREAM
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.policy import RegionPolicy
 from simulation.season import Season, simulate
@@ -195,7 +196,7 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
         info = asyncio.run(_api(url, "$JS.API.CONSUMER.INFO.UPSTREAM.ledger-ingest"))
         return int(info.get("ack_floor", {}).get("stream_seq", 0))
 
-    upstream_end = _last_seq(url, "UPSTREAM")  # what the stream kept (a repeated msg_id is dropped)
+    upstream_end = _last_seq(url, UPSTREAM_STREAM)  # what the stream kept (a repeated msg_id is dropped)
     with progress.bar("ledger ingesting", upstream_end) as advance:
         seen = 0
         while seen < upstream_end:
@@ -209,7 +210,7 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
     from consumers.streams import wait_for_rejected
 
     asyncio.run(wait_for_rejected(url))
-    rejected_end = _last_seq(url, "REJECTED")
+    rejected_end = _last_seq(url, REJECTED_STREAM)
     views = data_dir / "views.sqlite"
     with progress.bar("views catching up", ledger_end) as advance:
         seen = 0
@@ -226,7 +227,7 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
             now = int(positions.get("Ledger", 0))
             advance(now - seen)
             seen = now
-            if now >= ledger_end and int(positions.get("REJECTED", 0)) >= rejected_end:
+            if now >= ledger_end and int(positions.get(REJECTED_STREAM, 0)) >= rejected_end:
                 return time.monotonic()
             time.sleep(0.3)
 
