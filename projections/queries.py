@@ -14,7 +14,8 @@ answer. A malformed request, or one with an invalid ID number, gets ``{"error": 
 unknown person is a reply (``not_enrolled``), not an error.
 
 The responder is a plain NATS subscription in a queue group (several ledgers can share the
-load); FastStream only documents it in the AsyncAPI document.
+load), on the broker's connection; ``docs/asyncapi.json`` documents the request and its reply
+(``contract.asyncapi``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from faststream.nats import NatsBroker
 
 from contract.coverage import CoverageRequest
 from contract.messages import check_utf8
@@ -139,28 +139,17 @@ def answer_query(ledger: Ledger, data: bytes, projection: LedgerProjection | Non
 
 class CoverageQueryService:
     """The ``coverage.query`` responder of ``ledger serve`` (a queue group, so several ledgers
-    can share the requests). With ``ledger=None`` it only documents the subject for AsyncAPI."""
+    can share the requests)."""
 
-    def __init__(self, ledger: Ledger | None, broker: NatsBroker, projection: LedgerProjection | None = None) -> None:
-        self.answerer = CoverageAnswerer(ledger, projection) if ledger is not None else None
+    def __init__(self, ledger: Ledger, projection: LedgerProjection | None = None) -> None:
+        self.answerer = CoverageAnswerer(ledger, projection)
         self.answered = 0
         self.observe: Callable[[float, bool], None] | None = None
         """Told each answer's seconds and whether it was 'unavailable' (``ledger serve``'s metrics)."""
         self._subscription: Any = None
-        if ledger is None:
-            broker.subscriber(
-                COVERAGE_QUERY,
-                queue=QUEUE_GROUP,
-                title="coverage question",
-                description=(
-                    "Request {id_number, date, as_of?}; reply: the contract's coverage reply, or "
-                    "{error: reason} for a malformed request or an invalid ID number."
-                ),
-            )(_document_only)
 
     async def start(self, nc: Any) -> None:
         """Subscribe on the connection ``nc`` (nats-py)."""
-        assert self.answerer is not None, "a documentation-only service does not answer"
         self._subscription = await nc.subscribe(COVERAGE_QUERY, queue=QUEUE_GROUP, cb=self._handle)
 
     async def stop(self) -> None:
@@ -172,7 +161,6 @@ class CoverageQueryService:
         if not msg.reply:
             return
         answerer = self.answerer
-        assert answerer is not None
         started, failed = time.perf_counter(), False
         try:
             reply = answerer.quick(msg.data)
@@ -186,9 +174,3 @@ class CoverageQueryService:
         await msg.respond(reply)
         if self.observe is not None:
             self.observe(time.perf_counter() - started, failed)
-
-
-async def _document_only(request: CoverageRequest) -> dict[str, Any]:
-    """Documents ``coverage.query`` for AsyncAPI. The responder is ``CoverageQueryService.start``;
-    a broker started with this documentation-only service has no ledger and says so."""
-    return {"error": "unavailable", "detail": "this service has no ledger to answer from"}

@@ -301,7 +301,7 @@ async def answering(ledger: Ledger, broker: Any, projections: Projections | None
     the live projections when given, else from the event store; unsubscribed on leaving."""
     from projections.queries import CoverageQueryService
 
-    queries = CoverageQueryService(ledger, broker, projections.projection if projections is not None else None)
+    queries = CoverageQueryService(ledger, projections.projection if projections is not None else None)
     await queries.start(await broker.connect())
     try:
         yield queries
