@@ -1,27 +1,41 @@
 """The ledger application: one method per upstream fact of ``contract.md``.
 
-Each method decides by the policy and the message's own times, then either records events (one
-``save()``, atomic across every aggregate it touches) or raises a ``Refusal`` with exactly one
-reason from the contract. The same ``msg_id`` twice changes nothing and is not an error.
+Each method takes the fact's command (``ledger.commands``) and the ``Actor`` that sent it
+(``handle`` picks the method by the command's type). It decides by the policy and the message's
+own times, then either records events (one ``save()``, atomic across every aggregate it touches)
+or raises a ``Refusal`` with exactly one reason from the contract. The same ``msg_id`` twice
+changes nothing and is not an error.
 
 The store is whatever ``PERSISTENCE_MODULE`` selects: the library's in-memory store by default,
-``ledger.jetstream`` in production.
+``ledger.jetstream`` in production. Batches of facts saved together (the ingestion's unit of
+work) are ``ledger.unit_of_work``'s; ``batch``, ``flush_if_full`` and ``forget_cache`` reach it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
+from ledger.commands import (
+    ChangeEmployeeInsurance,
+    Command,
+    ListSubsidy,
+    ReceivePayment,
+    RegisterDeath,
+    RegisterDischarge,
+    RegisterPerson,
+    RemitCash,
+    RequestEnrollment,
+    SetTarget,
+)
 from ledger.domain.cash import CashCollector, CashReceipt, collector_id, receipt_id
 from ledger.domain.coverage_question import CoverageAnswer, answer, answer_as_of
 from ledger.domain.identity import PersonKeyer, ResidentId
@@ -31,6 +45,7 @@ from ledger.domain.refusals import DuplicateReceipt, Malformed, MsgIdConflict, N
 from ledger.domain.source import Source
 from ledger.domain.targets import DistrictTarget, target_id
 from ledger.transcodings import LEDGER_TRANSCODINGS
+from ledger.unit_of_work import DecisionRecord, UnitOfWork
 
 PERSON_KEY_SECRET = "LEDGER_PERSON_KEY_SECRET"
 CASH_CHANNEL = "community_cash"
@@ -49,20 +64,6 @@ class Actor:
     digest: str | None = None
     """A digest of the message's content, to tell a harmless repeat of its ``msg_id`` from a
     conflicting one."""
-
-
-class DecisionRecord(Protocol):
-    """What a batch records beside its events at each save (the ingestion's journal)."""
-
-    def take(self) -> Any:
-        """What to record with this save (None: nothing)."""
-
-    def settled(self) -> None:
-        """The save that took it went through."""
-
-    @property
-    def fenced(self) -> bool:
-        """Whether every save must carry what ``take`` gives (events never go alone)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +92,10 @@ class Ledger(Application[UUID]):
         super().__init__(env)
         self.policy = policy or load_policy(DEFAULT_POLICY)
         self.keyer = keyer or self._keyer_from_environment()
-        self._unit: _Unit | None = None
-        self._loader: ThreadPoolExecutor | None = None
+        self.work = UnitOfWork(self)
 
     def close(self) -> None:
-        if self._loader is not None:
-            self._loader.shutdown()
+        self.work.close()
         super().close()
 
     def _keyer_from_environment(self) -> PersonKeyer:
@@ -115,35 +114,27 @@ class Ledger(Application[UUID]):
 
     # ---- upstream facts ---------------------------------------------------------------------
 
-    def register_person(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        id_number: str,
-        name: str,
-        district: str,
-        phone: str | None = None,
-        household_id: str | None = None,
-        residence_permit: bool = False,
-        hukou_district: str | None = None,
-        actor: Actor,
-    ) -> Outcome:
+    def handle(self, command: Command, actor: Actor) -> Outcome:
+        """Apply ``command`` (sent by ``actor``) with the method for its type."""
+        method: Callable[[Any, Actor], Outcome] = getattr(self, HANDLERS[type(command)])
+        return method(command, actor)
+
+    def register_person(self, c: RegisterPerson, actor: Actor) -> Outcome:
         """``upstream.person.registered``: a resident registered (or re-registered)."""
-        resident = self._resident(id_number, occurred_at)
+        resident = self._resident(c.id_number, c.occurred_at)
         key = self.keyer.key_of(resident)
         person = self._person(key)
-        source = _source(msg_id, occurred_at, actor)
+        source = _source(c.msg_id, c.occurred_at, actor)
         if person is not None and _repeat(person.seen, source):
             return DUPLICATE
-        self.policy.district_name(district)
-        details = dict(
-            district=district,
-            name=name,
-            phone=phone,
-            household_id=household_id,
-            residence_permit=residence_permit,
-            hukou_district=hukou_district,
+        self.policy.district_name(c.district)
+        details: dict[str, Any] = dict(
+            district=c.district,
+            name=c.name,
+            phone=c.phone,
+            household_id=c.household_id,
+            residence_permit=c.residence_permit,
+            hukou_district=c.hukou_district,
         )
         if person is None:
             person = InsuredPerson(
@@ -153,229 +144,157 @@ class Ledger(Application[UUID]):
             person.update_registration(source=source, **details)
         return self._save(person)
 
-    def request_enrollment(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        id_number: str,
-        coverage_year: int,
-        category: str,
-        channel: str,
-        district: str,
-        migrant_worker: bool = False,
-        birth_date: date | None = None,
-        actor: Actor,
-    ) -> Outcome:
+    def request_enrollment(self, c: RequestEnrollment, actor: Actor) -> Outcome:
         """``upstream.enrollment.requested``: an enrollment for a coverage year (参保登记)."""
-        resident = self._resident(id_number, occurred_at)
-        if birth_date is not None and birth_date != resident.birth_date:
-            raise Malformed(f"birth_date {birth_date} differs from the ID number's birth date")
-        person, source = self._person_for(msg_id, occurred_at, resident, actor, district=district)
+        resident = self._resident(c.id_number, c.occurred_at)
+        if c.birth_date is not None and c.birth_date != resident.birth_date:
+            raise Malformed(f"birth_date {c.birth_date} differs from the ID number's birth date")
+        person, source = self._person_for(c, resident, actor, district=c.district)
         if person is None:
             return DUPLICATE
         person.request_enrollment(
             self.policy,
-            coverage_year=coverage_year,
-            category=category,
-            channel=channel,
-            district=district,
-            migrant_worker=migrant_worker,
+            coverage_year=c.coverage_year,
+            category=c.category,
+            channel=c.channel,
+            district=c.district,
+            migrant_worker=c.migrant_worker,
             source=source,
         )
         return self._save(person)
 
-    def receive_payment(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        id_number: str,
-        coverage_year: int,
-        amount_fen: int,
-        channel: str,
-        paid_at: datetime,
-        receipt_no: str | None = None,
-        collector_id: str | None = None,
-        payer_account: str | None = None,
-        actor: Actor,
-    ) -> Outcome:
+    def receive_payment(self, c: ReceivePayment, actor: Actor) -> Outcome:
         """``upstream.payment.received``: the individual share paid (cash with a receipt)."""
-        resident = self._resident(id_number, occurred_at)
+        resident = self._resident(c.id_number, c.occurred_at)
         key = self.keyer.key_of(resident)
         person = self._person(key)
         if person is None:
-            raise NoEnrollment(f"no enrollment for {coverage_year}: the person is not in the ledger")
-        source = _source(msg_id, paid_at, actor, occurred_at)
+            raise NoEnrollment(f"no enrollment for {c.coverage_year}: the person is not in the ledger")
+        source = _source(c.msg_id, c.paid_at, actor, c.occurred_at)
         if _repeat(person.seen, source):
             return DUPLICATE
-        if amount_fen < 0:
+        if c.amount_fen < 0:
             raise Malformed("a negative amount")
-        cash = channel == CASH_CHANNEL
+        cash = c.channel == CASH_CHANNEL
         if cash:
-            if not receipt_no or not collector_id:
+            if not c.receipt_no or not c.collector_id:
                 raise Malformed("a cash payment needs receipt_no and collector_id (专用票据)")
-            if self._exists(receipt_id(receipt_no)):
-                raise DuplicateReceipt(f"receipt {receipt_no} was already used")
+            if self._exists(receipt_id(c.receipt_no)):
+                raise DuplicateReceipt(f"receipt {c.receipt_no} was already used")
         person.receive_payment(
             self.policy,
-            coverage_year=coverage_year,
-            amount_fen=amount_fen,
-            channel=channel,
-            receipt_no=receipt_no,
-            payer_account=payer_account,
+            coverage_year=c.coverage_year,
+            amount_fen=c.amount_fen,
+            channel=c.channel,
+            receipt_no=c.receipt_no,
+            payer_account=c.payer_account,
             source=source,
         )
         if not cash:
             return self._save(person)
-        assert receipt_no and collector_id
+        assert c.receipt_no and c.collector_id
         receipt = CashReceipt(
-            receipt_no=receipt_no,
-            collector_id=collector_id,
+            receipt_no=c.receipt_no,
+            collector_id=c.collector_id,
             person_key=key,
-            coverage_year=coverage_year,
-            amount_fen=amount_fen,
+            coverage_year=c.coverage_year,
+            amount_fen=c.amount_fen,
             source=source,
         )
-        collector = self._collector(collector_id, source)
-        collector.receive_cash(receipt_no=receipt_no, amount_fen=amount_fen, source=source)
+        collector = self._collector(c.collector_id, source)
+        collector.receive_cash(receipt_no=c.receipt_no, amount_fen=c.amount_fen, source=source)
         try:
             return self._save(person, receipt, collector)
         except IntegrityError:
-            if self._exists(receipt_id(receipt_no)):  # another payment took the number meanwhile
-                raise DuplicateReceipt(f"receipt {receipt_no} was already used") from None
+            if self._exists(receipt_id(c.receipt_no)):  # another payment took the number meanwhile
+                raise DuplicateReceipt(f"receipt {c.receipt_no} was already used") from None
             raise
 
-    def list_subsidy(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        id_number: str,
-        coverage_year: int,
-        subsidy_category: str,
-        department: str,
-        roster: str,
-        effective_from: date | None = None,
-        actor: Actor,
-    ) -> Outcome:
+    def list_subsidy(self, c: ListSubsidy, actor: Actor) -> Outcome:
         """``upstream.subsidy.listed``: a department's roster entry (资助参保)."""
         # Rosters carry no district, and an ID number's division code is where it was first
         # issued, not where the person lives: a new person's district stays unknown.
-        person, source = self._person_for(msg_id, occurred_at, id_number, actor)
+        person, source = self._person_for(c, c.id_number, actor)
         if person is None:
             return DUPLICATE
         person.list_subsidy(
             self.policy,
-            coverage_year=coverage_year,
-            subsidy_category=subsidy_category,
-            department=department,
-            roster=roster,
-            effective_from=effective_from,
+            coverage_year=c.coverage_year,
+            subsidy_category=c.subsidy_category,
+            department=c.department,
+            roster=c.roster,
+            effective_from=c.effective_from,
             source=source,
         )
         return self._save(person)
 
-    def remit_cash(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        collector_id: str,
-        amount_fen: int,
-        voucher_no: str,
-        remitted_at: datetime,
-        receipt_nos: tuple[str, ...] = (),
-        actor: Actor,
-    ) -> Outcome:
+    def remit_cash(self, c: RemitCash, actor: Actor) -> Outcome:
         """``upstream.cash.remitted``: a committee's cash handed to the tax office."""
-        source = _source(msg_id, remitted_at, actor, occurred_at)
-        collector = self._collector(collector_id, source)
+        source = _source(c.msg_id, c.remitted_at, actor, c.occurred_at)
+        collector = self._collector(c.collector_id, source)
         if _repeat(collector.seen, source):
             return DUPLICATE
-        collector.remit(voucher_no=voucher_no, amount_fen=amount_fen, receipt_nos=tuple(receipt_nos), source=source)
+        collector.remit(voucher_no=c.voucher_no, amount_fen=c.amount_fen, receipt_nos=tuple(c.receipt_nos), source=source)
         return self._save(collector)
 
-    def register_death(self, *, msg_id: str, occurred_at: datetime, id_number: str, date_of_death: date, actor: Actor) -> Outcome:
+    def register_death(self, c: RegisterDeath, actor: Actor) -> Outcome:
         """``upstream.death.registered``: coverage ends on the date of death."""
-        person, source = self._person_for(msg_id, occurred_at, id_number, actor)
+        person, source = self._person_for(c, c.id_number, actor)
         if person is None:
             return DUPLICATE
-        person.register_death(self.policy, date_of_death=date_of_death, source=source)
+        person.register_death(self.policy, date_of_death=c.date_of_death, source=source)
         return self._save(person)
 
-    def change_employee_insurance(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        id_number: str,
-        insured_from: date,
-        continuous_months: int,
-        insured_until: date | None = None,
-        back_paid_months: int = 0,
-        actor: Actor,
-    ) -> Outcome:
+    def change_employee_insurance(self, c: ChangeEmployeeInsurance, actor: Actor) -> Outcome:
         """``upstream.employee_insurance.changed``: a spell of employee insurance (职工医保)."""
-        if continuous_months < 0 or back_paid_months < 0 or back_paid_months > continuous_months:
+        if c.continuous_months < 0 or c.back_paid_months < 0 or c.back_paid_months > c.continuous_months:
             raise Malformed("months must be ≥ 0, back-paid months at most the continuous months")
-        person, source = self._person_for(msg_id, occurred_at, id_number, actor)
+        person, source = self._person_for(c, c.id_number, actor)
         if person is None:
             return DUPLICATE
         person.change_employee_insurance(
             self.policy,
-            insured_from=insured_from,
-            insured_until=insured_until,
-            continuous_months=continuous_months,
-            back_paid_months=back_paid_months,
+            insured_from=c.insured_from,
+            insured_until=c.insured_until,
+            continuous_months=c.continuous_months,
+            back_paid_months=c.back_paid_months,
             source=source,
         )
         return self._save(person)
 
-    def register_discharge(
-        self,
-        *,
-        msg_id: str,
-        occurred_at: datetime,
-        id_number: str,
-        discharged_on: date,
-        spouse_id_number: str | None = None,
-        actor: Actor,
-    ) -> Outcome:
+    def register_discharge(self, c: RegisterDischarge, actor: Actor) -> Outcome:
         """``upstream.discharge.registered``: a soldier discharged this year, and the non-working
         spouse who followed (随军未就业配偶); both in one save."""
-        spouse_resident = self._resident(spouse_id_number, occurred_at) if spouse_id_number else None
-        soldier_resident = self._resident(id_number, occurred_at)
+        spouse_resident = self._resident(c.spouse_id_number, c.occurred_at) if c.spouse_id_number else None
+        soldier_resident = self._resident(c.id_number, c.occurred_at)
         if spouse_resident is not None and self.keyer.key_of(spouse_resident) == self.keyer.key_of(soldier_resident):
             raise Malformed("spouse_id_number is the soldier's own ID number")
-        soldier, source = self._person_for(msg_id, occurred_at, soldier_resident, actor)
+        soldier, source = self._person_for(c, soldier_resident, actor)
         if soldier is None:
             return DUPLICATE
-        soldier.register_discharge(discharged_on=discharged_on, as_spouse=False, source=source)
+        soldier.register_discharge(discharged_on=c.discharged_on, as_spouse=False, source=source)
         touched = [soldier]
         if spouse_resident is not None:
             spouse_key = self.keyer.key_of(spouse_resident)
             spouse = self._person(spouse_key) or self._new_person(spouse_key, spouse_resident, None, source)
-            spouse.register_discharge(discharged_on=discharged_on, as_spouse=True, source=source)
+            spouse.register_discharge(discharged_on=c.discharged_on, as_spouse=True, source=source)
             touched.append(spouse)
         return self._save(*touched)
 
-    def set_target(
-        self, *, msg_id: str, occurred_at: datetime, district: str, coverage_year: int, target_count: int, actor: Actor
-    ) -> Outcome:
+    def set_target(self, c: SetTarget, actor: Actor) -> Outcome:
         """``upstream.target.set``: a district's enrollment target for a coverage year (参保任务)."""
-        self.policy.district_name(district)
-        self.policy.for_coverage_year(coverage_year)
-        if target_count < 0:
+        self.policy.district_name(c.district)
+        self.policy.for_coverage_year(c.coverage_year)
+        if c.target_count < 0:
             raise Malformed("a negative target")
-        source = _source(msg_id, occurred_at, actor)
-        target: DistrictTarget | None = self._load(target_id(district, coverage_year))
+        source = _source(c.msg_id, c.occurred_at, actor)
+        target: DistrictTarget | None = self._load(target_id(c.district, c.coverage_year))
         if target is None:
-            target = DistrictTarget(district=district, coverage_year=coverage_year, target_count=target_count, source=source)
+            target = DistrictTarget(district=c.district, coverage_year=c.coverage_year, target_count=c.target_count, source=source)
         elif _repeat(target.seen, source):
             return DUPLICATE
         else:
-            target.change(target_count=target_count, source=source)
+            target.change(target_count=c.target_count, source=source)
         return self._save(target)
 
     # ---- questions ----------------------------------------------------------------------------
@@ -403,18 +322,8 @@ class Ledger(Application[UUID]):
         return self._load(aggregate_id) is not None
 
     def _load(self, aggregate_id: UUID) -> Any:
-        """The aggregate as this fact should see it: changed earlier in the current batch, or
-        from the store (None when it does not exist)."""
-        unit = self._unit
-        if unit is not None:
-            if aggregate_id in unit.aggregates:
-                return unit.aggregates[aggregate_id]
-            if aggregate_id in unit.absent:
-                return None
-        try:
-            return self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            return None
+        """The aggregate as this fact should see it (None when it does not exist)."""
+        return self.work.load(aggregate_id)
 
     def _new_person(self, key: str, resident: ResidentId, district: str | None, source: Source) -> InsuredPerson:
         """A person first known from a fact other than registration."""
@@ -432,21 +341,15 @@ class Ledger(Application[UUID]):
         )
 
     def _person_for(
-        self,
-        msg_id: str,
-        occurred_at: datetime,
-        resident: ResidentId | str,
-        actor: Actor,
-        *,
-        district: str | None = None,
+        self, c: Command, resident: ResidentId | str, actor: Actor, *, district: str | None = None
     ) -> tuple[InsuredPerson | None, Source]:
         """The person a fact concerns — known, or new (in ``district`` when the fact names one) —
         and the fact's source; no person when this fact was applied before (a duplicate).
         ``resident`` is the parsed ID number, or its text (parsed against the message date)."""
         if isinstance(resident, str):
-            resident = self._resident(resident, occurred_at)
+            resident = self._resident(resident, c.occurred_at)
         key = self.keyer.key_of(resident)
-        source = _source(msg_id, occurred_at, actor)
+        source = _source(c.msg_id, c.occurred_at, actor)
         person = self._person(key)
         if person is None:
             if district is not None:
@@ -458,155 +361,41 @@ class Ledger(Application[UUID]):
         return self._load(collector_id(collector)) or CashCollector(collector=collector, source=source)
 
     def _save(self, *aggregates: Any) -> Outcome:
-        unit = self._unit
-        if unit is not None:
-            return unit.add(aggregates)
-        try:
-            return Outcome(len(self.save(*aggregates)))
-        except BaseException:
-            # The aggregates may be the cached objects themselves, changed by this fact: a cache
-            # that kept them would make the retried fact look like a duplicate.
-            self._forget(a.id for a in aggregates)
-            raise
+        return Outcome(self.work.save(aggregates))
 
-    # ---- batches ------------------------------------------------------------------------------
+    # ---- batches (the unit of work) -------------------------------------------------------------
 
-    @contextmanager
-    def batch(self, expected_ids: Iterable[str] = (), record: DecisionRecord | None = None) -> Iterator[None]:
-        """Apply many facts, then save them together (one atomic append per ``FLUSH_EVENTS``).
-
-        Each fact sees what earlier facts of the batch did. A refused fact changes nothing (its
-        commands decide before they emit). If saving fails, nothing of the unsaved part is kept
-        (cached aggregates it touched are dropped) and the exception propagates: the caller
-        applies the facts again one by one, and those already saved come back as duplicates.
-        ``expected_ids`` (ID numbers the facts concern) are looked up together first.
-        ``record`` gives, at each save, what the store records atomically with the events (the
-        ingestion's decisions and position: ``decisions`` for ``insert_events``), and hears when
-        that save went through.
-        """
-        if self._unit is not None:
-            raise RuntimeError("batches do not nest")
-        self._unit = unit = _Unit(record)
-        try:
-            self._preload(unit, expected_ids)
-            yield
-            self._flush(unit)
-        except BaseException:
-            self._forget(unit.aggregates)
-            raise
-        finally:
-            self._unit = None
+    def batch(self, expected_ids: Iterable[str] = (), record: DecisionRecord | None = None) -> AbstractContextManager[None]:
+        """Apply many facts, then save them together: ``UnitOfWork.batch``, with the persons
+        of ``expected_ids`` (ID numbers the facts concern) looked up together first."""
+        return self.work.batch(self._person_ids(expected_ids), record)
 
     def flush_if_full(self, extra_messages: int = 0) -> None:
-        """Save the batch so far when it nears the store's atomic limit (between two facts);
-        ``extra_messages``: how many more messages ``record`` would add."""
-        unit = self._unit
-        if unit is not None and unit.pending_events + extra_messages >= FLUSH_EVENTS:
-            self._flush(unit)
-
-    def _flush(self, unit: _Unit) -> None:
-        record = unit.record
-        decisions = record.take() if record is not None else None
-        if decisions is not None:
-            self.save(*unit.aggregates.values(), decisions=decisions)
-        elif record is not None and record.fenced and unit.pending_events:
-            # Events that no decision names would be recorded outside the fence: never.
-            raise RuntimeError(f"{unit.pending_events} events to save without the decisions that caused them")
-        elif unit.aggregates:
-            self.save(*unit.aggregates.values())
-        if record is not None:
-            record.settled()
-        unit.saved()
+        self.work.flush_if_full(extra_messages)
 
     def forget_cache(self) -> None:
-        """Drop every aggregate held in memory: the next reads come from the store (after a
-        failed save, or when this process becomes the writer after another)."""
-        cache = self.repository.cache
-        if cache is None:
-            return
-        if hasattr(cache, "clear"):
-            cache.clear()
-        else:
-            self.repository.cache = type(cache)()
+        self.work.forget_cache()
 
-    def _forget(self, aggregate_ids: Iterable[UUID]) -> None:
-        """Drop aggregates from the repository's cache (they may hold unsaved changes)."""
-        cache = self.repository.cache
-        if cache is not None:
-            for aggregate_id in aggregate_ids:
-                try:
-                    cache.get(aggregate_id, evict=True)
-                except KeyError:
-                    pass
-
-    def _preload(self, unit: _Unit, id_numbers: Iterable[str]) -> None:
-        ids: dict[UUID, None] = {}
+    def _person_ids(self, id_numbers: Iterable[str]) -> Iterator[UUID]:
         for text in id_numbers:
             try:
-                ids[person_id(self.keyer.key_of(ResidentId.parse(text)))] = None
+                yield person_id(self.keyer.key_of(ResidentId.parse(text)))
             except Refusal:
                 continue
-        cache = self.repository.cache
-        if cache is not None:
-            for aggregate_id in list(ids):
-                try:
-                    cache.get(aggregate_id)
-                except KeyError:
-                    continue
-                del ids[aggregate_id]  # in memory already: loading it is cheap
-        last_versions = getattr(self.recorder, "last_versions", None)
-        if ids and last_versions is not None:
-            existing = last_versions(list(ids))  # one round trip tells which persons are new
-            for aggregate_id in [i for i in ids if i not in existing]:
-                unit.absent.add(aggregate_id)
-                del ids[aggregate_id]
-        if not ids:
-            return
-
-        def load(aggregate_id: UUID) -> tuple[UUID, Any]:
-            try:
-                return aggregate_id, self.repository.get(aggregate_id)
-            except AggregateNotFoundError:
-                return aggregate_id, None
-
-        if self._loader is None:
-            self._loader = ThreadPoolExecutor(PRELOAD_THREADS, thread_name_prefix="ledger-preload")
-        for aggregate_id, aggregate in self._loader.map(load, ids):
-            if aggregate is None:
-                unit.absent.add(aggregate_id)
-            else:
-                unit.aggregates[aggregate_id] = aggregate
 
 
-FLUSH_EVENTS = 800
-"""A batch is saved when its pending events reach this (the store's atomic limit is 1,000)."""
-PRELOAD_THREADS = 16
-
-
-class _Unit:
-    """The aggregates a batch has loaded or changed, and the ids known not to exist yet."""
-
-    def __init__(self, record: DecisionRecord | None = None) -> None:
-        self.record = record
-        self.aggregates: dict[UUID, Any] = {}
-        self.absent: set[UUID] = set()
-        self.pending: dict[UUID, int] = {}
-        self.pending_events = 0
-
-    def add(self, aggregates: tuple[Any, ...]) -> Outcome:
-        added = 0
-        for aggregate in aggregates:
-            self.aggregates[aggregate.id] = aggregate
-            self.absent.discard(aggregate.id)
-            count = len(aggregate.pending_events)
-            added += count - self.pending.get(aggregate.id, 0)
-            self.pending[aggregate.id] = count
-        self.pending_events += added
-        return Outcome(added)
-
-    def saved(self) -> None:
-        self.pending.clear()
-        self.pending_events = 0
+HANDLERS: dict[type[Command], str] = {
+    RegisterPerson: "register_person",
+    RequestEnrollment: "request_enrollment",
+    ReceivePayment: "receive_payment",
+    ListSubsidy: "list_subsidy",
+    RemitCash: "remit_cash",
+    RegisterDeath: "register_death",
+    ChangeEmployeeInsurance: "change_employee_insurance",
+    RegisterDischarge: "register_discharge",
+    SetTarget: "set_target",
+}
+"""The ``Ledger`` method of each command (by name: a subclass may override one)."""
 
 
 def _source(msg_id: str, effective_at: datetime, actor: Actor, occurred_at: datetime | None = None) -> Source:
