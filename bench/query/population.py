@@ -30,6 +30,7 @@ import msgspec
 
 from bench.ingest.population import CST, HEFEI_DISTRICTS, LAST_PAYMENT, LAST_REQUEST, SEASON_START, distinct_id_numbers
 from ledger.application import Actor, Ledger
+from ledger.commands import ReceivePayment, RequestEnrollment
 from ledger.domain.policy import DEFAULT_POLICY, load_policy
 
 COVERAGE_YEAR = 2022
@@ -150,20 +151,18 @@ def populate(ledger: Ledger, population: Population, log: Callable[[str], None] 
         chunk = people[start : start + PEOPLE_PER_BATCH]
         with ledger.batch(p.id_number for p in chunk):
             for i, p in enumerate(chunk, start=start):
-                ledger.request_enrollment(
+                ledger.request_enrollment(RequestEnrollment(
                     msg_id=f"enr-{i:07d}", occurred_at=p.requested, id_number=p.id_number,
                     coverage_year=COVERAGE_YEAR, category="resident", channel=p.channel, district=p.district,
-                    actor=Actor("enrollment", channel=p.channel, operator_id=_operator(p)),
-                )  # fmt: skip
+                ), Actor("enrollment", channel=p.channel, operator_id=_operator(p)))  # fmt: skip
                 facts += 1
                 ledger.flush_if_full()
                 if p.paid is not None:
-                    ledger.receive_payment(
+                    ledger.receive_payment(ReceivePayment(
                         msg_id=f"pay-{i:07d}", occurred_at=p.paid, id_number=p.id_number,
                         coverage_year=COVERAGE_YEAR, amount_fen=full_fen, channel=p.channel, paid_at=p.paid,
                         payer_account=f"wx-{i:012x}" if p.channel == "wechat" else None,
-                        actor=Actor("payment", channel=p.channel, operator_id=_operator(p)),
-                    )  # fmt: skip
+                    ), Actor("payment", channel=p.channel, operator_id=_operator(p)))  # fmt: skip
                     facts += 1
                     ledger.flush_if_full()
         if log is not None and (start // PEOPLE_PER_BATCH) % 10 == 9:

@@ -29,6 +29,16 @@ from typing import Any
 import msgspec
 
 from ledger.application import Actor, Ledger
+from ledger.commands import (
+    Command,
+    ListSubsidy,
+    ReceivePayment,
+    RegisterDeath,
+    RegisterPerson,
+    RemitCash,
+    RequestEnrollment,
+    SetTarget,
+)
 from ledger.domain.identity import PersonKeyer, generate_id_number
 from ledger.domain.policy import FundingYear, RegionPolicy
 from ledger.domain.refusals import Refusal
@@ -543,13 +553,12 @@ def generate(
         person = people[index] if index >= 0 else None
         call = _CALLS[kind]
         kwargs = call(person, args, at, year, seq)
-        method = getattr(ledger, _METHODS[kind])
+        actor = kwargs.pop("actor")
         try:
-            outcome = method(**kwargs)
+            outcome = ledger.handle(_COMMANDS[kind](**kwargs), actor)
         except Refusal as refusal:
             key = ledger.keyer(person.id_number) if person is not None else None
-            body = {k: v for k, v in kwargs.items() if k != "actor"}
-            refused.append((seq, kind, refusal.reason, refusal.detail, key, msgspec.json.encode(body)))
+            refused.append((seq, kind, refusal.reason, refusal.detail, key, msgspec.json.encode(kwargs)))
         else:
             recorded += outcome.recorded
         if person is not None:
@@ -565,9 +574,9 @@ def generate(
     )  # fmt: skip
 
 
-_METHODS = {
-    TARGET: "set_target", REGISTER: "register_person", LIST: "list_subsidy", ENROLL: "request_enrollment",
-    PAY: "receive_payment", REMIT: "remit_cash", REREGISTER: "register_person", DEATH: "register_death",
+_COMMANDS: dict[int, type[Command]] = {
+    TARGET: SetTarget, REGISTER: RegisterPerson, LIST: ListSubsidy, ENROLL: RequestEnrollment,
+    PAY: ReceivePayment, REMIT: RemitCash, REREGISTER: RegisterPerson, DEATH: RegisterDeath,
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from eventsourcing.persistence import OperationalError
 
 from consumers.ingest import UNPROCESSABLE, Delivery, Ingestor, Journal, read_parked
 from ledger.application import Actor, Ledger
+from ledger.commands import ReceivePayment
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.client import OutcomeUnknownError
 from ledger.jetstream.datastore import Fence, WriterFencedError
@@ -95,14 +96,14 @@ def recorded_decisions(ledger: Ledger) -> list[list[Any]]:
 class BrokenPayments(Ledger):
     """A ledger whose payments fail for a reason that is not the policy's (a bug)."""
 
-    def receive_payment(self, **kwargs: Any) -> Any:
+    def receive_payment(self, *args: Any) -> Any:
         raise RuntimeError("payment service bug")
 
 
 class UnreachablePayments(Ledger):
     """A ledger whose store cannot be reached for payments (an outage)."""
 
-    def receive_payment(self, **kwargs: Any) -> Any:
+    def receive_payment(self, *args: Any) -> Any:
         raise OperationalError("cannot connect to NATS")
 
 
@@ -232,10 +233,10 @@ def test_a_conflicting_write_by_another_process_is_retried_and_ends_correct(stor
         ingestor = writer(ingesting)
         assert ingestor.process([enrollment("e1", ALICE, 1)])[0].kind == "recorded"  # Alice is now cached
         # Meanwhile another process pays for Alice (outside the ingestion, as a repair tool might).
-        other.receive_payment(
+        other.receive_payment(ReceivePayment(
             msg_id="p-elsewhere", occurred_at=datetime.fromisoformat(T0), id_number=ALICE, coverage_year=2022,
-            amount_fen=32000, channel="community_qr", paid_at=datetime.fromisoformat(T0), actor=Actor("payment", "community_qr"),
-        )
+            amount_fen=32000, channel="community_qr", paid_at=datetime.fromisoformat(T0),
+        ), Actor("payment", "community_qr"))
         # The ingesting ledger's cached Alice is stale: its save conflicts, it reloads, and the
         # WeChat payment is refused for what it is — she has paid already.
         verdicts = ingestor.process([payment("p-wechat", ALICE, 2), enrollment("e2", BOB, 3)])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ledger.application import Actor, Ledger
+from ledger.commands import ReceivePayment, RequestEnrollment
 from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.client import NatsClient, OutgoingMessage
 from ledger.jetstream.datastore import GENESIS_HASH, HASH, PREV_HASH, JetStreamDatastore, event_hash
@@ -26,10 +27,10 @@ WECHAT = Actor("payment", "wechat")
 def season(ledger: Ledger, count: int, tag: str) -> list[str]:
     residents = people(count, tag)
     for i, person in enumerate(residents):
-        ledger.request_enrollment(msg_id=f"{tag}-e{i}", occurred_at=T, id_number=person, coverage_year=2022,
-                                  category="resident", channel="wechat", district="340104", actor=WECHAT)  # fmt: skip
-        ledger.receive_payment(msg_id=f"{tag}-p{i}", occurred_at=T, paid_at=T, id_number=person, coverage_year=2022,
-                               amount_fen=32_000, channel="wechat", actor=WECHAT)  # fmt: skip
+        ledger.request_enrollment(RequestEnrollment(msg_id=f"{tag}-e{i}", occurred_at=T, id_number=person, coverage_year=2022,
+                                  category="resident", channel="wechat", district="340104"), WECHAT)  # fmt: skip
+        ledger.receive_payment(ReceivePayment(msg_id=f"{tag}-p{i}", occurred_at=T, paid_at=T, id_number=person, coverage_year=2022,
+                               amount_fen=32_000, channel="wechat"), WECHAT)  # fmt: skip
     return residents
 
 

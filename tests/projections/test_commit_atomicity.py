@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ledger.application import Actor, Ledger
+from ledger.commands import RequestEnrollment
 from projections.database import Database
 from projections.fraud import FraudRules
 from tests.projections.support import World, views_url, world
@@ -46,10 +47,10 @@ def test_rows_of_an_event_never_commit_before_its_tracking_position(
     operator's recent times hold each enrollment once (not the third one twice)."""
     residents = [people.born(date(1960 + i, 5, 6)) for i in range(3)]
     for i, id_number in enumerate(residents):
-        world.ledger.request_enrollment(
+        world.ledger.request_enrollment(RequestEnrollment(
             msg_id=new_msg_id("enroll"), occurred_at=at(2021, 10, 8, 9 + i), id_number=id_number, coverage_year=Y,
-            category="resident", channel="community_qr", district=HOME, actor=OPERATOR,
-        )  # fmt: skip
+            category="resident", channel="community_qr", district=HOME,
+        ), OPERATOR)  # fmt: skip
     end = world.ledger.recorder.max_notification_id() or 0
 
     original = FraudRules._operator

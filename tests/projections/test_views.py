@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.application import Actor
+from ledger.commands import RemitCash, SetTarget
 from projections import reports
 from projections.database import Database
 from projections.runner import Projections
@@ -158,7 +159,7 @@ def test_the_audit_trail_has_every_event_with_its_source_and_every_rejection(wor
 def test_the_district_report_counts_enrolled_against_the_target_and_sums_the_funds(world: World, views_url: str, people: People) -> None:
     # Given a target of 4 people for 2022 in Shushan, three paid residents (one on the dibao roster)
     # and one who has not paid
-    world.ledger.set_target(msg_id="target-1", occurred_at=at(2021, 8, 1), district=HOME, coverage_year=Y, target_count=4, actor=BUREAU)
+    world.ledger.set_target(SetTarget(msg_id="target-1", occurred_at=at(2021, 8, 1), district=HOME, coverage_year=Y, target_count=4), BUREAU)
     residents = [people.born(date(1960 + i, 1, 1)) for i in range(4)]
     list_on_roster(world.ledger, residents[0], Y, "dibao", at(2021, 8, 20))
     enroll(world.ledger, residents[0], Y, "resident", at(2021, 10, 1))
@@ -190,10 +191,10 @@ def test_cash_on_hand_raises_the_thirty_day_alarm(world: World, views_url: str, 
         enroll(world.ledger, person, Y, "resident", at(2021, 10, day), channel="community_cash")
         pay(world.ledger, person, Y, STANDARD_Y, at(2021, 10, day), channel="community_cash", receipt_no=receipt,
             collector_id="sq-12", actor=COMMUNITY_CASH)  # fmt: skip
-    world.ledger.remit_cash(
+    world.ledger.remit_cash(RemitCash(
         msg_id="remit-1", occurred_at=at(2021, 10, 25), collector_id="sq-12", amount_fen=STANDARD_Y,
-        voucher_no="V-1", remitted_at=at(2021, 10, 25), receipt_nos=("R-0001",), actor=COMMUNITY_CASH,
-    )  # fmt: skip
+        voucher_no="V-1", remitted_at=at(2021, 10, 25), receipt_nos=("R-0001",),
+    ), COMMUNITY_CASH)  # fmt: skip
     projections = world.caught_up(views_url)
     try:
         db = projections.view.db

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ledger.application import Actor, Ledger, Outcome
+from ledger.commands import ListSubsidy, ReceivePayment, RegisterPerson, RemitCash, RequestEnrollment
 from ledger.domain.refusals import Refusal
 from tests.scenario.conftest import WECHAT
 
@@ -123,13 +124,15 @@ def register(
 ) -> Outcome:
     """``upstream.person.registered``."""
     return ledger.register_person(
-        msg_id=msg_id or new_msg_id("reg"),
-        occurred_at=on,
-        id_number=id_number,
-        name=name,
-        district=district,
-        residence_permit=residence_permit,
-        actor=actor,
+        RegisterPerson(
+            msg_id=msg_id or new_msg_id("reg"),
+            occurred_at=on,
+            id_number=id_number,
+            name=name,
+            district=district,
+            residence_permit=residence_permit,
+        ),
+        actor,
     )
 
 
@@ -148,15 +151,17 @@ def enroll(
 ) -> Outcome:
     """``upstream.enrollment.requested``."""
     return ledger.request_enrollment(
-        msg_id=msg_id or new_msg_id("enr"),
-        occurred_at=on,
-        id_number=id_number,
-        coverage_year=coverage_year,
-        category=category,
-        channel=channel,
-        district=district,
-        migrant_worker=migrant_worker,
-        actor=actor,
+        RequestEnrollment(
+            msg_id=msg_id or new_msg_id("enr"),
+            occurred_at=on,
+            id_number=id_number,
+            coverage_year=coverage_year,
+            category=category,
+            channel=channel,
+            district=district,
+            migrant_worker=migrant_worker,
+        ),
+        actor,
     )
 
 
@@ -176,16 +181,18 @@ def pay(
 ) -> Outcome:
     """``upstream.payment.received``; reported when paid unless ``occurred_at`` says later."""
     return ledger.receive_payment(
-        msg_id=msg_id or new_msg_id("pay"),
-        occurred_at=occurred_at or paid_at,
-        id_number=id_number,
-        coverage_year=coverage_year,
-        amount_fen=amount_fen,
-        channel=channel,
-        paid_at=paid_at,
-        receipt_no=receipt_no,
-        collector_id=collector_id,
-        actor=actor,
+        ReceivePayment(
+            msg_id=msg_id or new_msg_id("pay"),
+            occurred_at=occurred_at or paid_at,
+            id_number=id_number,
+            coverage_year=coverage_year,
+            amount_fen=amount_fen,
+            channel=channel,
+            paid_at=paid_at,
+            receipt_no=receipt_no,
+            collector_id=collector_id,
+        ),
+        actor,
     )
 
 
@@ -245,15 +252,17 @@ def list_on_roster(
     """``upstream.subsidy.listed`` from the department that keeps ``subsidy_category``'s roster."""
     department, actor = DEPARTMENT_OF[subsidy_category]
     return ledger.list_subsidy(
-        msg_id=msg_id or new_msg_id("roster"),
-        occurred_at=on,
-        id_number=id_number,
-        coverage_year=coverage_year,
-        subsidy_category=subsidy_category,
-        department=department,
-        roster=roster,
-        effective_from=effective_from,
-        actor=actor,
+        ListSubsidy(
+            msg_id=msg_id or new_msg_id("roster"),
+            occurred_at=on,
+            id_number=id_number,
+            coverage_year=coverage_year,
+            subsidy_category=subsidy_category,
+            department=department,
+            roster=roster,
+            effective_from=effective_from,
+        ),
+        actor,
     )
 
 
@@ -269,12 +278,14 @@ def remit(
 ) -> Outcome:
     """``upstream.cash.remitted``: the committee's cash handed to the tax office."""
     return ledger.remit_cash(
-        msg_id=msg_id or new_msg_id("remit"),
-        occurred_at=remitted_at,
-        collector_id=collector,
-        amount_fen=amount_fen,
-        voucher_no=voucher_no or new_msg_id("voucher"),
-        remitted_at=remitted_at,
-        receipt_nos=receipt_nos,
-        actor=TAX_OFFICE,
+        RemitCash(
+            msg_id=msg_id or new_msg_id("remit"),
+            occurred_at=remitted_at,
+            collector_id=collector,
+            amount_fen=amount_fen,
+            voucher_no=voucher_no or new_msg_id("voucher"),
+            remitted_at=remitted_at,
+            receipt_nos=receipt_nos,
+        ),
+        TAX_OFFICE,
     )

@@ -16,6 +16,15 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from ledger.application import Actor, Ledger, Outcome
+from ledger.commands import (
+    ChangeEmployeeInsurance,
+    ListSubsidy,
+    ReceivePayment,
+    RegisterDeath,
+    RegisterDischarge,
+    RegisterPerson,
+    RequestEnrollment,
+)
 from ledger.domain.identity import generate_id_number
 from tests.scenario.conftest import CST, WECHAT
 
@@ -98,7 +107,7 @@ def register(ledger: Ledger, id_number: str, on: datetime, **fields: Any) -> Out
     fields.setdefault("name", "居民")
     fields.setdefault("district", HOME)
     return ledger.register_person(
-        msg_id=new_msg_id("person"), occurred_at=on, id_number=id_number, actor=PUBLIC_SECURITY, **fields
+        RegisterPerson(msg_id=new_msg_id("person"), occurred_at=on, id_number=id_number, **fields), PUBLIC_SECURITY
     )
 
 
@@ -106,19 +115,19 @@ def enroll(
     ledger: Ledger, id_number: str, year: int, category: str, on: datetime, *, channel: str = "wechat", **fields: Any
 ) -> Outcome:
     fields.setdefault("district", HOME)
-    return ledger.request_enrollment(
+    return ledger.request_enrollment(RequestEnrollment(
         msg_id=new_msg_id("enroll"), occurred_at=on, id_number=id_number, coverage_year=year,
-        category=category, channel=channel, actor=WECHAT, **fields,
-    )  # fmt: skip
+        category=category, channel=channel, **fields,
+    ), WECHAT)  # fmt: skip
 
 
 def pay(ledger: Ledger, id_number: str, year: int, amount_fen: int, paid_at: datetime, **fields: Any) -> Outcome:
     fields.setdefault("channel", "wechat")
     actor = fields.pop("actor", WECHAT)
-    return ledger.receive_payment(
+    return ledger.receive_payment(ReceivePayment(
         msg_id=new_msg_id("pay"), occurred_at=paid_at, id_number=id_number, coverage_year=year,
-        amount_fen=amount_fen, paid_at=paid_at, actor=actor, **fields,
-    )  # fmt: skip
+        amount_fen=amount_fen, paid_at=paid_at, **fields,
+    ), actor)  # fmt: skip
 
 
 def enroll_and_pay(
@@ -139,35 +148,34 @@ def employee_insurance(
     insured_until: date | None = None,
     back_paid_months: int = 0,
 ) -> Outcome:
-    return ledger.change_employee_insurance(
+    return ledger.change_employee_insurance(ChangeEmployeeInsurance(
         msg_id=new_msg_id("employee"), occurred_at=on, id_number=id_number, insured_from=insured_from,
         continuous_months=continuous_months, insured_until=insured_until, back_paid_months=back_paid_months,
-        actor=EMPLOYEE_INSURANCE,
-    )  # fmt: skip
+    ), EMPLOYEE_INSURANCE)  # fmt: skip
 
 
 def discharge(ledger: Ledger, id_number: str, on: datetime, discharged_on: date, spouse: str | None = None) -> Outcome:
-    return ledger.register_discharge(
+    return ledger.register_discharge(RegisterDischarge(
         msg_id=new_msg_id("discharge"), occurred_at=on, id_number=id_number, discharged_on=discharged_on,
-        spouse_id_number=spouse, actor=VETERANS_AFFAIRS,
-    )  # fmt: skip
+        spouse_id_number=spouse,
+    ), VETERANS_AFFAIRS)  # fmt: skip
 
 
 def list_on_roster(
     ledger: Ledger, id_number: str, year: int, category: str, on: datetime, effective_from: date | None = None
 ) -> Outcome:
-    return ledger.list_subsidy(
+    return ledger.list_subsidy(ListSubsidy(
         msg_id=new_msg_id("roster"), occurred_at=on, id_number=id_number, coverage_year=year,
         subsidy_category=category, department="civil_affairs", roster=f"{on:%Y-%m}",
-        effective_from=effective_from, actor=CIVIL_AFFAIRS,
-    )  # fmt: skip
+        effective_from=effective_from,
+    ), CIVIL_AFFAIRS)  # fmt: skip
 
 
 def death(ledger: Ledger, id_number: str, on: datetime, date_of_death: date) -> Outcome:
     return ledger.register_death(
-        msg_id=new_msg_id("death"), occurred_at=on, id_number=id_number, date_of_death=date_of_death,
-        actor=PUBLIC_SECURITY,
-    )  # fmt: skip
+        RegisterDeath(msg_id=new_msg_id("death"), occurred_at=on, id_number=id_number, date_of_death=date_of_death),
+        PUBLIC_SECURITY,
+    )
 
 
 # ---- what the ledger recorded -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from datetime import date
 import pytest
 
 from ledger.application import Actor, Ledger
+from ledger.commands import ChangeEmployeeInsurance
 from ledger.domain.identity import check_character
 from tests.scenario.conftest import at, resident
 from tests.scenario.steps_money import (
@@ -105,10 +106,10 @@ def test_a_person_in_employee_insurance_for_the_coverage_year_may_not_enroll(
 ) -> None:
     # Given a worker in employee insurance (职工医保) since 2019, still insured
     id_number = resident(rng, date(1985, 3, 3))
-    ledger.change_employee_insurance(
+    ledger.change_employee_insurance(ChangeEmployeeInsurance(
         msg_id=new_msg_id("emp"), occurred_at=at(2021, 7, 1), id_number=id_number,
-        insured_from=date(2019, 1, 1), continuous_months=30, actor=EMPLOYEE_SYSTEM,
-    )
+        insured_from=date(2019, 1, 1), continuous_months=30,
+    ), EMPLOYEE_SYSTEM)  # fmt: skip
 
     # When they enroll in resident insurance for 2022
     # Then they are refused: one person may not be in both schemes for a year
@@ -121,10 +122,10 @@ def test_a_person_whose_employee_insurance_ended_before_the_coverage_year_may_en
 ) -> None:
     # Given a worker whose employee insurance ended in June 2021
     id_number = resident(rng, date(1985, 3, 3))
-    ledger.change_employee_insurance(
+    ledger.change_employee_insurance(ChangeEmployeeInsurance(
         msg_id=new_msg_id("emp"), occurred_at=at(2021, 7, 1), id_number=id_number,
-        insured_from=date(2019, 1, 1), insured_until=date(2021, 6, 30), continuous_months=30, actor=EMPLOYEE_SYSTEM,
-    )
+        insured_from=date(2019, 1, 1), insured_until=date(2021, 6, 30), continuous_months=30,
+    ), EMPLOYEE_SYSTEM)  # fmt: skip
 
     # When they enroll and pay for 2022 in the concentrated period
     enroll(ledger, id_number, coverage_year=2022, on=at(2021, 9, 10))

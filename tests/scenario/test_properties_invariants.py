@@ -27,6 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.application import Ledger
+from ledger.commands import (
+    ChangeEmployeeInsurance,
+    ListSubsidy,
+    ReceivePayment,
+    RegisterDeath,
+    RegisterDischarge,
+    RegisterPerson,
+    RequestEnrollment,
+)
 from ledger.domain.coverage import add_months
 from ledger.domain.identity import PersonKeyer
 from ledger.domain.refusals import Refusal
@@ -206,30 +215,30 @@ def send(ledger: Ledger, id_number: str, fact: Fact, msg_ids: Iterator[str]) -> 
     common: dict[str, Any] = {"occurred_at": on, "id_number": id_number}
     if fact.method in ("enroll", "enroll_and_pay"):
         paid_on = f.pop("paid_on")
-        ledger.request_enrollment(msg_id=next(msg_ids), **common, channel="wechat", district=HOME, actor=WECHAT, **f)
+        ledger.request_enrollment(RequestEnrollment(msg_id=next(msg_ids), **common, channel="wechat", district=HOME, **f), WECHAT)
         if paid_on is not None:
             year = f["coverage_year"]
-            ledger.receive_payment(
+            ledger.receive_payment(ReceivePayment(
                 msg_id=next(msg_ids), occurred_at=moment(paid_on, 15), id_number=id_number, coverage_year=year,
-                amount_fen=owed(ledger, id_number, year), channel="wechat", paid_at=moment(paid_on, 15), actor=WECHAT,
-            )  # fmt: skip
+                amount_fen=owed(ledger, id_number, year), channel="wechat", paid_at=moment(paid_on, 15),
+            ), WECHAT)  # fmt: skip
     elif fact.method == "pay":
         amount = f["amount_fen"] if f["amount_fen"] != OWED else owed(ledger, id_number, f["coverage_year"])
-        ledger.receive_payment(
+        ledger.receive_payment(ReceivePayment(
             msg_id=next(msg_ids), occurred_at=on, id_number=id_number, coverage_year=f["coverage_year"],
-            amount_fen=amount, channel="wechat", paid_at=on, actor=WECHAT,
-        )  # fmt: skip
+            amount_fen=amount, channel="wechat", paid_at=on,
+        ), WECHAT)  # fmt: skip
     elif fact.method == "roster":
-        ledger.list_subsidy(msg_id=next(msg_ids), **common, department="civil_affairs", roster=f"{on:%Y-%m}",
-                            actor=CIVIL_AFFAIRS, **f)  # fmt: skip
+        ledger.list_subsidy(ListSubsidy(msg_id=next(msg_ids), **common, department="civil_affairs", roster=f"{on:%Y-%m}", **f),
+                            CIVIL_AFFAIRS)  # fmt: skip
     elif fact.method == "employee":
-        ledger.change_employee_insurance(msg_id=next(msg_ids), **common, actor=EMPLOYEE_INSURANCE, **f)
+        ledger.change_employee_insurance(ChangeEmployeeInsurance(msg_id=next(msg_ids), **common, **f), EMPLOYEE_INSURANCE)
     elif fact.method == "discharge":
-        ledger.register_discharge(msg_id=next(msg_ids), **common, actor=VETERANS_AFFAIRS, **f)
+        ledger.register_discharge(RegisterDischarge(msg_id=next(msg_ids), **common, **f), VETERANS_AFFAIRS)
     elif fact.method == "register":
-        ledger.register_person(msg_id=next(msg_ids), **common, name="居民", district=HOME, actor=PUBLIC_SECURITY, **f)
+        ledger.register_person(RegisterPerson(msg_id=next(msg_ids), **common, name="居民", district=HOME, **f), PUBLIC_SECURITY)
     else:
-        ledger.register_death(msg_id=next(msg_ids), **common, actor=PUBLIC_SECURITY, **f)
+        ledger.register_death(RegisterDeath(msg_id=next(msg_ids), **common, **f), PUBLIC_SECURITY)
 
 
 session_msg_ids = (f"story-{n}" for n in itertools.count(1))
@@ -355,15 +364,15 @@ def _replay(two: list[Story], ids: list[str], order: list[tuple[int, str]]) -> L
 
 def _pay_cash(ledger: Ledger, id_number: str, receipt_no: str, msg_ids: Iterator[str]) -> None:
     """An elderly resident enrolls for 2022 at the committee and pays cash against a receipt."""
-    ledger.request_enrollment(
+    ledger.request_enrollment(RequestEnrollment(
         msg_id=next(msg_ids), occurred_at=moment(date(2021, 10, 1)), id_number=id_number, coverage_year=2022,
-        category="resident", channel="community_cash", district=HOME, actor=COMMUNITY_CASH,
-    )  # fmt: skip
-    ledger.receive_payment(
+        category="resident", channel="community_cash", district=HOME,
+    ), COMMUNITY_CASH)  # fmt: skip
+    ledger.receive_payment(ReceivePayment(
         msg_id=next(msg_ids), occurred_at=moment(date(2021, 10, 2)), id_number=id_number, coverage_year=2022,
         amount_fen=owed(ledger, id_number, 2022), channel="community_cash", paid_at=moment(date(2021, 10, 2)),
-        receipt_no=receipt_no, collector_id="340104-sq-12", actor=COMMUNITY_CASH,
-    )  # fmt: skip
+        receipt_no=receipt_no, collector_id="340104-sq-12",
+    ), COMMUNITY_CASH)  # fmt: skip
 
 
 def stored(ledger: Ledger) -> list[tuple[str, dict[str, Any]]]:

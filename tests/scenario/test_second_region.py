@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 
 from ledger.application import Ledger
+from ledger.commands import ReceivePayment, RequestEnrollment
 from ledger.domain.identity import PersonKeyer
 from ledger.domain.policy import decode_policy
 from ledger.domain.refusals import OutsideEnrollmentPeriod
@@ -25,14 +26,14 @@ def test_a_made_up_region_enrolls_by_its_own_calendar_contribution_and_waiting_p
 
     # When one pays in its period and another after it, during the coverage year
     for id_number, day, msg in ((early, at(2030, 10, 2), "a"), (late, at(2031, 3, 1), "b")):
-        ledger.request_enrollment(
+        ledger.request_enrollment(RequestEnrollment(
             msg_id=f"e-{msg}", occurred_at=day, id_number=id_number, coverage_year=2031,
-            category="resident", channel="wechat", district=district, actor=WECHAT,
-        )
-        ledger.receive_payment(
+            category="resident", channel="wechat", district=district,
+        ), WECHAT)
+        ledger.receive_payment(ReceivePayment(
             msg_id=f"p-{msg}", occurred_at=day, id_number=id_number, coverage_year=2031,
-            amount_fen=25_000, channel="wechat", paid_at=day, actor=WECHAT,
-        )
+            amount_fen=25_000, channel="wechat", paid_at=day,
+        ), WECHAT)
 
     # Then the first is covered all year, the second from the day after payment after 3 months
     assert ledger.coverage(early, date(2031, 1, 1)).covered
@@ -42,12 +43,12 @@ def test_a_made_up_region_enrolls_by_its_own_calendar_contribution_and_waiting_p
     assert late_answer.benefit_start == date(2031, 6, 2)
     # And Hefei's calendar does not apply: Sep 15 is before lakeside's period opens
     third = resident(rng, date(1972, 1, 1))
-    ledger.request_enrollment(
+    ledger.request_enrollment(RequestEnrollment(
         msg_id="e-c", occurred_at=at(2030, 9, 15), id_number=third, coverage_year=2031,
-        category="resident", channel="wechat", district=district, actor=WECHAT,
-    )
+        category="resident", channel="wechat", district=district,
+    ), WECHAT)
     with pytest.raises(OutsideEnrollmentPeriod):
-        ledger.receive_payment(
+        ledger.receive_payment(ReceivePayment(
             msg_id="p-c", occurred_at=at(2030, 9, 15), id_number=third, coverage_year=2031,
-            amount_fen=25_000, channel="wechat", paid_at=at(2030, 9, 15), actor=WECHAT,
-        )
+            amount_fen=25_000, channel="wechat", paid_at=at(2030, 9, 15),
+        ), WECHAT)

@@ -14,6 +14,7 @@ from datetime import date, datetime
 import pytest
 
 from ledger.application import Ledger
+from ledger.commands import ReceivePayment
 from ledger.domain.refusals import Deceased
 from tests.scenario.conftest import CST, at
 from tests.scenario.steps_status import (
@@ -108,10 +109,10 @@ def test_a_payment_dated_before_the_death_but_recorded_after_it_covers_until_the
     # And the baby's death on Mar 12, registered before the tax office reports the payment
     death(ledger, baby, at(Y, 3, 13), date(Y, 3, 12))
     # When the payment of Mar 10 arrives on Mar 14
-    ledger.receive_payment(
+    ledger.receive_payment(ReceivePayment(
         msg_id="tax-late-1", occurred_at=at(Y, 3, 14), id_number=baby, coverage_year=Y, amount_fen=STANDARD_Y,
-        channel="tax", paid_at=at(Y, 3, 10), actor=TAX_OFFICE,
-    )  # fmt: skip
+        channel="tax", paid_at=at(Y, 3, 10),
+    ), TAX_OFFICE)  # fmt: skip
     # Then the baby was covered from birth to the date of death, and not after
     assert ledger.coverage(baby, born).covered
     assert ledger.coverage(baby, date(Y, 3, 12)).covered

@@ -11,6 +11,7 @@ from datetime import date
 import pytest
 
 from ledger.application import Ledger
+from ledger.commands import ListSubsidy
 from tests.scenario.conftest import at, resident
 from tests.scenario.steps_money import (
     COMMUNITY_QR,
@@ -291,11 +292,10 @@ def test_a_roster_category_outside_the_contract_is_malformed_and_stable_post_pov
     # When a roster lists them under a category the policy does not subsidise
     # Then the entry is refused as malformed
     with refused(ledger, "malformed"):
-        ledger.list_subsidy(
+        ledger.list_subsidy(ListSubsidy(
             msg_id="roster-stable-1", occurred_at=at(2021, 8, 25), id_number=id_number, coverage_year=2022,
             subsidy_category="poverty_stable", department="rural_revitalisation", roster="2021-08",
-            actor=DEPARTMENT_OF["poverty_unstable"][1],
-        )
+        ), DEPARTMENT_OF["poverty_unstable"][1])
     # and when they enroll they owe the full 320 yuan
     enroll(ledger, id_number, coverage_year=2022, on=at(2021, 9, 6))
     assert _enrollment(ledger, id_number).outstanding_fen == CONTRIBUTION_2021
