@@ -48,4 +48,4 @@ demo: $(STAMP)
 	$(PY) -m service.cli demo --report data/demo/report.html
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache tools/asyncapi/node_modules
