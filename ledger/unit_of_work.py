@@ -127,13 +127,15 @@ class UnitOfWork:
     def _flush(self, batch: _Batch) -> None:
         record = batch.record
         decisions = record.take() if record is not None else None
-        if decisions is not None:
-            self._app.save(*batch.aggregates.values(), decisions=decisions)
-        elif record is not None and record.fenced and batch.pending_events:
+        if decisions is None and record is not None and record.fenced and batch.pending_events:
             # Events that no decision names would be recorded outside the fence: never.
             raise RuntimeError(f"{batch.pending_events} events to save without the decisions that caused them")
-        elif batch.aggregates:
-            self._app.save(*batch.aggregates.values())
+        if decisions is not None or batch.aggregates:
+            # The events in the order the facts emitted them, then the aggregates (their events
+            # taken, for the cache): one save, recorded as the facts were decided.
+            events = batch.events_in_order()
+            kwargs = {"decisions": decisions} if decisions is not None else {}
+            self._app.save(*events, *batch.aggregates.values(), **kwargs)
         if record is not None:
             record.settled()
         batch.saved()
@@ -192,6 +194,8 @@ class _Batch:
         self.absent: set[UUID] = set()
         self.pending: dict[UUID, int] = {}
         self.pending_events = 0
+        self.order: list[tuple[UUID, int]] = []
+        """Which aggregate's events, how many, in the order the facts emitted them."""
 
     def add(self, aggregates: tuple[Any, ...]) -> int:
         added = 0
@@ -199,11 +203,28 @@ class _Batch:
             self.aggregates[aggregate.id] = aggregate
             self.absent.discard(aggregate.id)
             count = len(aggregate.pending_events)
-            added += count - self.pending.get(aggregate.id, 0)
+            new = count - self.pending.get(aggregate.id, 0)
+            if new > 0:
+                self.order.append((aggregate.id, new))
+            added += new
             self.pending[aggregate.id] = count
         self.pending_events += added
         return added
 
+    def events_in_order(self) -> list[Any]:
+        """Every aggregate's pending events (taken from it), interleaved in the facts' order."""
+        pending = {aggregate_id: iter(a.collect_events()) for aggregate_id, a in self.aggregates.items()}
+        events = []
+        for aggregate_id, count in self.order:
+            for _ in range(count):
+                event = next(pending[aggregate_id], None)
+                if event is not None:
+                    events.append(event)
+        for rest in pending.values():  # events no fact announced (none expected): kept, after
+            events.extend(rest)
+        return events
+
     def saved(self) -> None:
         self.pending.clear()
+        self.order.clear()
         self.pending_events = 0
