@@ -13,7 +13,6 @@ work) are ``ledger.unit_of_work``'s; ``batch``, ``flush_if_full`` and ``forget_c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -99,7 +98,7 @@ class Ledger(Application[UUID]):
         super().close()
 
     def _keyer_from_environment(self) -> PersonKeyer:
-        secret = self.env.get(PERSON_KEY_SECRET) or os.environ.get(PERSON_KEY_SECRET)
+        secret = self.env.get(PERSON_KEY_SECRET)  # the library merges the process environment in
         if not secret:
             raise OSError(
                 f"{PERSON_KEY_SECRET} is not set: the person key is a keyed hash of the ID number "

@@ -127,13 +127,13 @@ class UnitOfWork:
     def _flush(self, batch: _Batch) -> None:
         record = batch.record
         decisions = record.take() if record is not None else None
-        if decisions is None and record is not None and record.fenced and batch.pending_events:
-            # Events that no decision names would be recorded outside the fence: never.
-            raise RuntimeError(f"{batch.pending_events} events to save without the decisions that caused them")
         if decisions is not None or batch.aggregates:
             # The events in the order the facts emitted them, then the aggregates (their events
             # taken, for the cache): one save, recorded as the facts were decided.
             events = batch.events_in_order()
+            if decisions is None and record is not None and record.fenced and events:
+                # Events that no decision names would be recorded outside the fence: never.
+                raise RuntimeError(f"{len(events)} events to save without the decisions that caused them")
             kwargs = {"decisions": decisions} if decisions is not None else {}
             self._app.save(*events, *batch.aggregates.values(), **kwargs)
         if record is not None:

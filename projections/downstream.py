@@ -100,6 +100,9 @@ class CoveragePublisher:
         self._own_client = client is None
         self.client = client if client is not None else NatsClient(nats_url, timeout=timeout)
         self.client.run(ensure_downstream(self.client.nc, replicas))
+        # One JetStream context for the publisher's life: each context subscribes an inbox of its
+        # own for publish_async's acknowledgements, and never drops it.
+        self._js = self.client.nc.jetstream(timeout=self.client.timeout)
         self.published = 0
         self.source = source
         """The ledger stream (``<stream>@<created>``) the changes come from, in the messages'
@@ -155,10 +158,12 @@ class CoveragePublisher:
         )
         if not rows:
             return False
+        source = self._source()  # the database is read here, never on the store's event loop
         resume = self._resume
         if resume is None:
-            resume = self._resume = self.client.run(self._resume_point(), timeout=60)
-        self.client.run(self._publish(rows, resume), timeout=60)
+            backlog = self.db.query("SELECT MAX(ledger_seq) FROM outbox")[0][0] or 0
+            resume = self._resume = self.client.run(self._resume_point(source, backlog), timeout=60)
+        self.client.run(self._publish(rows, resume, source), timeout=60)
         with self.db.transaction():
             self.db.executemany("DELETE FROM outbox WHERE ledger_seq = ? AND person_key = ?", [(r[0], r[1]) for r in rows])
         self.published += len(rows)
@@ -171,10 +176,8 @@ class CoveragePublisher:
             self.source = rows[0][0] if rows else None
         return self.source
 
-    async def _resume_point(self) -> _Resume:
+    async def _resume_point(self, source: str | None, backlog: int) -> _Resume:
         """What the targets already hold of this ledger's changes (looked up once per start)."""
-        source = self._source()
-        backlog = self.db.query("SELECT MAX(ledger_seq) FROM outbox")[0][0] or 0
         changed = await self._last_published(COVERAGE_STREAM, source)
         kv = await self._last_published(f"KV_{COVERAGE_BUCKET}", source)
         resume = _Resume(changed_through=changed, check_kv_through=max(backlog, kv))
@@ -191,7 +194,7 @@ class CoveragePublisher:
             return 0
         from nats.js.errors import NotFoundError
 
-        js = self.client.nc.jetstream(timeout=self.client.timeout)
+        js = self._js
         info = await js.stream_info(stream)
         last, first = int(info.state.last_seq), int(info.state.first_seq)
         floor = max(first, last - self.SCAN_BACK + 1, 1)
@@ -215,8 +218,8 @@ class CoveragePublisher:
             last = start - 1
         return 0
 
-    async def _publish(self, rows: list[tuple[Any, ...]], resume: _Resume) -> None:
-        js = self.client.nc.jetstream(timeout=self.client.timeout)
+    async def _publish(self, rows: list[tuple[Any, ...]], resume: _Resume, source: str | None) -> None:
+        js = self._js
         kv = await js.key_value(COVERAGE_BUCKET) if rows[0][0] <= resume.check_kv_through else None
         in_kv: list[bool] = [False] * len(rows)
         if kv is not None:
@@ -224,7 +227,6 @@ class CoveragePublisher:
             found = await asyncio.gather(*(_kv_has(kv, rows[i][1], rows[i][0]) for i in checked))
             for i, has in zip(checked, found, strict=True):
                 in_kv[i] = has
-        source = self._source()
         acks = []
         for i, (seq, key, district, value, message) in enumerate(rows):
             headers = {LEDGER_SEQ: str(seq)}
@@ -257,7 +259,7 @@ class CoveragePublisher:
         self.drain()
         self._stopping.set()
         self._wake.set()
-        self._thread.join()
+        self._thread.join(timeout=self.client.timeout * 2 + 5)
         if self._own_client:
             self.client.close()
 

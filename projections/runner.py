@@ -58,6 +58,9 @@ class RejectionsReader:
     event loop, like the event store and the publisher — and hands each message to a plain thread
     of its own that stages it in the views (staging may wait for a commit: never on the loop)."""
 
+    QUEUE_LIMIT = 2000
+    """Rejections read ahead of the staging thread at most."""
+
     def __init__(self, client: NatsClient, projection: LedgerProjection, *, stream: str = REJECTED_STREAM) -> None:
         self.client = client
         self.projection = projection
@@ -75,16 +78,23 @@ class RejectionsReader:
         self._listening = [client.on_reconnected(self._reconnected.set), client.on_error(self._on_error)]
         self._thread = threading.Thread(target=self._stage_each, name="rejections-reader", daemon=True)
         self._thread.start()
-        self._reading = client.start(self._read())
+        try:
+            self._reading = client.start(self._read())
+        except BaseException:
+            for stop_listening in self._listening:
+                stop_listening()
+            self._queue.put(None)
+            raise
 
     def _on_error(self, e: Exception) -> None:
         import nats
 
-        if isinstance(e, nats.errors.SlowConsumerError) and self._generation and getattr(e, "sid", None) == self._sid:
+        sub = self._sub  # its sid changes when the ordered consumer resets itself
+        if isinstance(e, nats.errors.SlowConsumerError) and sub is not None and getattr(e, "sid", None) == sub._id:
             # Never silently lost: a rejection the client dropped stops the projections loudly.
             self._fail(RuntimeError(f"rejections reader fell behind and lost messages: {e!r}"))
 
-    _sid: int | None = None
+    _sub: Any = None
 
     def _fail(self, e: BaseException) -> None:
         if self.error is None:
@@ -116,6 +126,11 @@ class RejectionsReader:
                     break
                 except nats.js.errors.NotFoundError:
                     await asyncio.sleep(0.5)  # the stream is created by the ingestion
+                except (nats.errors.Error, OSError, TimeoutError) as e:
+                    # Not connected at this moment (the store's connection does not buffer while
+                    # it reconnects): tried again, as after a reconnection.
+                    log.info("event=rejections_follow_failed error=%r (retrying)", e)
+                    await asyncio.sleep(0.25)
             else:
                 return
             while not self._stop.is_set():
@@ -164,9 +179,13 @@ class RejectionsReader:
             if generation == self._generation and seq > self._received:
                 self._received = seq
                 self._queue.put(msg)
+                # Backpressure: a long catch-up waits here (this subscription's delivery only,
+                # not the loop) rather than holding the whole stream in memory.
+                while self._queue.qsize() > self.QUEUE_LIMIT and not self._stop.is_set():
+                    await asyncio.sleep(0.01)
 
         sub = await js.subscribe("", stream=self.stream, ordered_consumer=True, config=config, cb=on)
-        self._sid = getattr(sub, "_id", None)
+        self._sub = sub
         return sub
 
     def _on(self, msg: Msg) -> None:
@@ -226,6 +245,7 @@ class Projections:
         One connection to the store per process: the ledger's own (its event store), shared by
         the runner's reader of LEDGER, the rejections reader and the publisher, and given back
         last by ``close``."""
+        self._closed = False
         self._client = _shared_client(loader, nats_url)
         try:
             source = _stream_source(self._client, ledger_env.get("NATS_STREAM", LEDGER_STREAM))
@@ -282,6 +302,9 @@ class Projections:
             raise self.rejections.error
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.rejections.stop()
         try:
             self._runner_exit.close()

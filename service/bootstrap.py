@@ -446,7 +446,8 @@ def cipher_settings(settings: Settings) -> dict[str, str]:
         except OSError as e:
             raise SystemExit(f"cipher key file {settings.cipher_key_file}: {e.strerror}") from None
     if not key:
-        return {}
+        # Said explicitly: the library would otherwise take CIPHER_KEY from the process environment.
+        return {"CIPHER_TOPIC": "", "CIPHER_KEY": ""}
     return {"CIPHER_TOPIC": "eventsourcing.cipher:AESCipher", "CIPHER_KEY": key}
 
 

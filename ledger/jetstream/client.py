@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 import os
 import re
 import threading
@@ -37,6 +38,8 @@ from nats.errors import (
     OutboundBufferLimitError,
 )
 from nats.errors import TimeoutError as NatsTimeoutError
+
+log = logging.getLogger("ledger.nats")
 
 T = TypeVar("T")
 
@@ -294,6 +297,14 @@ class _LedgerConnection(NATS):
         }
 
 
+def _call(listener: Callable[..., None], *args: Any) -> None:
+    """A listener's failure is logged, never raised into nats-py's reconnect or error path."""
+    try:
+        listener(*args)
+    except Exception as e:  # noqa: BLE001 - a listener must not break the connection
+        log.warning("event=nats_listener_failed listener=%r error=%r", listener, e)
+
+
 class NatsClient:
     """One NATS connection on a private event loop, safe to call from many threads."""
 
@@ -349,11 +360,11 @@ class NatsClient:
             """nats-py logs and retries by itself; failures reach callers as timeouts. Listeners
             (``on_error``) hear of errors that concern them, such as a slow consumer."""
             for listener in list(self._error_listeners):
-                listener(e)
+                _call(listener, e)
 
         async def on_reconnected() -> None:
             for listener in list(self._reconnect_listeners):
-                listener()
+                _call(listener)
 
         options.setdefault("max_reconnect_attempts", -1)
         # No buffering while reconnecting: a publish then fails at once, so an append is either
@@ -407,7 +418,7 @@ class NatsClient:
         key = (url, tuple(sorted(options.items())))
         with cls._shared_lock:
             client = cls._shared.get(key)
-            if client is not None and not client._closed:
+            if client is not None and not client._closed and client._users > 0:
                 client._users += 1
                 return client
             client = cls(url, **options)
@@ -418,7 +429,7 @@ class NatsClient:
     def acquire(self) -> NatsClient:
         """Share this client with one more owner, who closes it in turn."""
         with self._shared_lock:
-            if self._closed:
+            if self._closed or self._users <= 0:
                 raise NatsUnavailableError("the NATS client is closed")
             self._users += 1
         return self
