@@ -27,6 +27,7 @@ import pytest
 
 from consumers.app import IngestSettings
 from consumers.ingest import Verdict
+from consumers.streams import wait_for_rejected
 from ledger.application import PERSON_KEY_SECRET, Ledger
 from ledger.domain.identity import generate_id_number
 from ledger.domain.policy import RegionPolicy, load_policy
@@ -264,6 +265,9 @@ class Office:
                 ledger_env=self.env, views_url=f"sqlite:///{self.workdir}/views.sqlite", nats_url=self.url,
                 policy=self.policy, loader=self.ledger, publish=False, rejected_stream="REJECTED",
             )  # fmt: skip
+        # REJECTED is copied from LEDGER by the server a moment after the rejection is recorded:
+        # wait for it to hold them all before asking how far it goes.
+        asyncio.run(wait_for_rejected(self.url))
         self.projections.wait(self.ledger.recorder.max_notification_id() or 0, stream_last_seq(self.url, "REJECTED"))
         self.projections.check()
         return self.projections.view
