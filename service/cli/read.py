@@ -81,6 +81,10 @@ class _Store:
                 self.server.stop()
 
 
+ONE_OFF_CONNECT_SECONDS = 2.0
+"""How long a one-off command (status, parked) waits for a server before saying it cannot reach it."""
+
+
 def _datastore_of(ledger: Ledger) -> JetStreamDatastore:
     """The streams of the ledger's event store (its recorder is the JetStream one)."""
     from ledger.jetstream.recorders import JetStreamApplicationRecorder
@@ -99,7 +103,7 @@ def _datastore(url: str) -> JetStreamDatastore:
 
     settings = Settings.read()
     return JetStreamDatastore(
-        NatsClient(url), stream=settings.ledger_stream, subject_prefix=settings.ledger_prefix, follower=LEDGER_FOLLOWER
+        NatsClient(url, connect_timeout=ONE_OFF_CONNECT_SECONDS), stream=settings.ledger_stream, subject_prefix=settings.ledger_prefix, follower=LEDGER_FOLLOWER
     )
 
 

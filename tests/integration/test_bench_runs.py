@@ -57,7 +57,7 @@ def test_the_query_benchmark_runs_quickly_and_prints_both_responders() -> None:
 
 def test_the_replay_benchmark_runs_quickly_and_prints_every_read() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench.replay", "--quick", "--skip-postgres"],
+        [sys.executable, "-m", "bench.replay", "--quick", "--events", "8000", "--skip-postgres"],
         cwd=ROOT,
         capture_output=True,
         text=True,
