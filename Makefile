@@ -33,7 +33,7 @@ lint: $(STAMP)
 ## make test: lint, then the whole suite, against nats-server processes the tests start themselves.
 test: $(STAMP) $(ASYNCAPI_STAMP)
 	$(MAKE) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 ## make bench: the benchmarks, each against its baseline in the same run (bench/README.md).
 bench: $(STAMP)
