@@ -281,14 +281,11 @@ def messages_of(url: str, stream: str) -> list[Stored]:
 
 
 def kv_keys(url: str) -> list[str]:
-    async def read() -> list[str]:
-        nc = await nats.connect(url)
-        try:
-            return list(await (await nc.jetstream().key_value("coverage")).keys())
-        finally:
-            await nc.close()
-
-    return asyncio.run(read())
+    """Every key of the ``coverage`` bucket, from its stream's subjects. (nats-py's
+    ``KeyValue.keys()`` can end its watch before the first key arrives and report no keys at
+    all: a client race, seen once in a full run; the stream's own subject list has no such race.)"""
+    prefix = "$KV.coverage."
+    return [subject.removeprefix(prefix) for subject in subjects_of(url, "KV_coverage") if subject.startswith(prefix)]
 
 
 def log_lines(run: SeasonRun) -> list[str]:
