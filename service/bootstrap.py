@@ -52,10 +52,6 @@ INTERRUPTED = 130
 """The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
 
 
-def default_views_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'views.sqlite').resolve()}"
-
-
 # ---- serve ---------------------------------------------------------------------------------------
 
 

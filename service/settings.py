@@ -78,11 +78,16 @@ class Settings:
 
     @property
     def views(self) -> str:
-        return self.views_url or f"sqlite:///{(self.data_dir / 'views.sqlite').resolve()}"
+        return self.views_url or default_views_url(self.data_dir)
 
     def ledger_env(self) -> dict[str, str]:
         """The event store's part, as the ``eventsourcing`` environment of the ledger."""
         return {"NATS_STREAM": self.ledger_stream, "NATS_SUBJECT_PREFIX": self.ledger_prefix, "NATS_REPLICAS": str(self.replicas)}
+
+
+def default_views_url(data_dir: Path) -> str:
+    """The views of a data directory when ``LEDGER_VIEWS`` names none: SQLite beside its data."""
+    return f"sqlite:///{(data_dir / 'views.sqlite').resolve()}"
 
 
 def _convert(f: dataclasses.Field[Any], raw: str, env: str) -> Any:

@@ -13,11 +13,10 @@ from service.bootstrap import (
     SERVE_URL_FILE,
     _redacted,
     build_ledger,
-    default_views_url,
     person_key_secret,
 )
 from service.cli.output import _emit, emit_document, say
-from service.settings import Settings
+from service.settings import Settings, default_views_url
 
 if TYPE_CHECKING:
     from ledger.application import Ledger

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.subjects import COVERAGE_STREAM, REJECTED_STREAM, UPSTREAM_STREAM, checkpoints_stream
-from service.bootstrap import SERVE_URL_FILE, default_views_url
+from service.bootstrap import SERVE_URL_FILE
 from service.cli.output import _emit
 from service.cli.publish import connect_quietly
 from service.cli.read import _Store
@@ -161,7 +161,7 @@ def _views_positions(args: argparse.Namespace) -> dict[str, int]:
     """The positions of the views of DATA_DIR (or ``LEDGER_VIEWS``), or {} when there are none."""
     from projections.runner import view_positions
 
-    url = Settings.read().views_url or default_views_url(args.data_dir)
+    url = Settings.read(data_dir=args.data_dir).views
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return {}
     try:
