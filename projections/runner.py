@@ -29,7 +29,8 @@ from contract.rejection import decode_rejection
 from contract.subjects import LEDGER_STREAM, REJECTED_STREAM
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
-from ledger.jetstream.client import NatsClient, server_urls
+from ledger.jetstream import tls as nats_tls
+from ledger.jetstream.client import NatsClient
 from projections.database import Database
 from projections.downstream import CoveragePublisher
 from projections.projection import LedgerProjection
@@ -359,10 +360,8 @@ def _stream_source(client: NatsClient, stream: str) -> str | None:
 
 def stream_source(nats_url: str, stream: str) -> str | None:
     """``<stream>@<creation time>``: which stream, and which incarnation of it (None: no stream yet)."""
-    import nats
-
     async def ask() -> str | None:
-        nc = await nats.connect(server_urls(nats_url))
+        nc = await nats_tls.connect(nats_url)
         try:
             reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)
             info = json.loads(reply.data)
@@ -380,7 +379,7 @@ def stream_last_seq(nats_url: str, stream: str) -> int:
     import nats
 
     async def ask() -> int:
-        nc = await nats.connect(server_urls(nats_url))
+        nc = await nats_tls.connect(nats_url)
         try:
             try:
                 info = await nc.jetstream().stream_info(stream)

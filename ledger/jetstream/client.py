@@ -39,6 +39,10 @@ from nats.errors import (
 )
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from ledger.jetstream import tls as nats_tls
+from ledger.jetstream.tls import GuardedClient, redacted
+from ledger.jetstream.tls import server_urls as server_urls  # where the callers have always found it
+
 log = logging.getLogger("ledger.nats")
 
 T = TypeVar("T")
@@ -208,6 +212,11 @@ class RawHeaders(dict[str, str]):
             raise KeyError(key)
         return value
 
+    def lines(self) -> list[tuple[bytes, bytes]]:
+        """Every header line as stored, (name, value) in order, repeated names kept (the
+        signature check reads them exactly: ``signing.message_digest``)."""
+        return _HEADER_LINE.findall(self._raw)
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
 
@@ -259,8 +268,9 @@ class DirectReply:
         self.data = data
 
 
-class _LedgerConnection(NATS):
-    """nats-py's client, tuned for reading the stream back.
+class _LedgerConnection(GuardedClient):
+    """nats-py's client (never sending credentials in clear where TLS is required:
+    ``GuardedClient``), tuned for reading the stream back.
 
     - Headers are parsed lazily (``RawHeaders``); status messages (heartbeats, flow control) keep
       nats-py's own handling.
@@ -328,7 +338,7 @@ class NatsClient:
         # uvloop: cheaper wake-ups and socket calls than asyncio's loop, which on this machine
         # made a single save ~12% faster (the thread hop and syscalls dominate it).
         self._loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-{url}", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-{redacted(url)}", daemon=True)
         self._thread.start()
         self._pending: deque[_Append] = deque()
         self._writer_idle = True
@@ -382,7 +392,7 @@ class NatsClient:
         options.setdefault("reconnected_cb", on_reconnected)
         nc = _LedgerConnection()
         connecting = nc.connect(
-            server_urls(url),
+            **nats_tls.connect_options(url),  # the servers, and the process's TLS when required
             name=name,
             # nats-py annotates it int but only passes it to asyncio.wait_for: seconds, any number.
             connect_timeout=connect_timeout,  # type: ignore[arg-type]
@@ -393,11 +403,12 @@ class NatsClient:
             # nats-py retries a first connection as long as reconnects; a wrong URL must be told.
             await asyncio.wait_for(connecting, connect_timeout * 2)
         except TimeoutError as e:
+            last = f" (last error: {nc.last_error!r})" if nc.last_error else ""
             raise NatsUnavailableError(
-                f"cannot connect to NATS at {url}: no server answered within {connect_timeout * 2:g}s"
+                f"cannot connect to NATS at {redacted(url)}: no server answered within {connect_timeout * 2:g}s{last}"
             ) from e
         except Exception as e:
-            raise NatsUnavailableError(f"cannot connect to NATS at {url}: {e!r}") from e
+            raise NatsUnavailableError(f"cannot connect to NATS at {redacted(url)}: {e!r}") from e
         self._inbox_prefix = nc.new_inbox()
         self._inbox_prefix_bytes = self._inbox_prefix.encode() + b"."
         replies = await nc.subscribe(self._inbox_prefix + ".*")
@@ -415,7 +426,7 @@ class NatsClient:
         shared by the next ones (the event store of the ingestion, the projections' reader of
         the same store, the downstream publisher), closed when the last of them closes it.
         One connection and one event loop per server for the whole process."""
-        key = (url, tuple(sorted(options.items())))
+        key = (url, nats_tls.current(), tuple(sorted(options.items())))
         with cls._shared_lock:
             client = cls._shared.get(key)
             if client is not None and not client._closed and client._users > 0:
@@ -492,19 +503,19 @@ class NatsClient:
         try:
             await self.nc.publish(subject, payload, reply=reply, headers=headers)
         except _NOT_CONNECTED as e:
-            raise NotSentError(f"not connected to NATS at {self.url}: {e!r}") from e
+            raise NotSentError(f"not connected to NATS at {redacted(self.url)}: {e!r}") from e
 
     async def request(self, subject: str, payload: bytes = b"", headers: dict[str, str] | None = None) -> Msg:
         try:
             return await self.nc.request(subject, payload, timeout=self.timeout, headers=headers)
         except _NOT_CONNECTED as e:
-            raise NotSentError(f"not connected to NATS at {self.url}: {e!r}") from e
+            raise NotSentError(f"not connected to NATS at {redacted(self.url)}: {e!r}") from e
         except NoRespondersError as e:
             # Nobody took the request (no JetStream, or a stream without a leader just now): it
             # went nowhere, so an append sent this way was not stored and may be sent again.
             raise NotSentError(f"no responders on {subject} (is JetStream enabled, has the stream a leader?)") from e
         except NatsTimeoutError as e:
-            raise NatsUnavailableError(f"NATS at {self.url} did not answer {subject} in time") from e
+            raise NatsUnavailableError(f"NATS at {redacted(self.url)} did not answer {subject} in time") from e
 
     async def api(self, subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
         """A JetStream API call; returns the decoded JSON reply (which may hold an ``error``)."""
@@ -583,7 +594,7 @@ class NatsClient:
             return future.result(self.timeout * 2 + 1 if timeout is None else timeout)
         except concurrent.futures.TimeoutError as e:
             future.cancel()
-            raise NatsUnavailableError(f"NATS at {self.url} did not answer in time") from e
+            raise NatsUnavailableError(f"NATS at {redacted(self.url)} did not answer in time") from e
 
     # ---- appends (group commit) ----------------------------------------------------------------
 
@@ -607,7 +618,7 @@ class NatsClient:
         try:
             return append.future.result(self.timeout * 2 + 1)
         except concurrent.futures.TimeoutError as e:
-            raise OutcomeUnknownError(f"no acknowledgement from NATS at {self.url} in time") from e
+            raise OutcomeUnknownError(f"no acknowledgement from NATS at {redacted(self.url)} in time") from e
 
     def _wake_writer(self) -> None:
         assert self._wake is not None
@@ -730,7 +741,3 @@ class NatsClient:
             raise NatsUnavailableError(f"JetStream acknowledged {ack.count} of {len(messages)} messages")
         return ack
 
-
-def server_urls(url: str) -> list[str]:
-    """The servers of a comma-separated NATS URL (nats-py takes a list, not that string)."""
-    return [u.strip() for u in url.split(",") if u.strip()]

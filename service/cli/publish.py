@@ -112,20 +112,21 @@ async def publish_messages(
 async def connect_quietly(url: str, *, what: str = "connect to NATS") -> Any:
     """A NATS connection for a one-off command; a server that cannot be reached is one line
     (``SystemExit``), not a log record per try."""
-    import nats
     import nats.errors
 
-    from ledger.jetstream.client import server_urls
+    from ledger.jetstream.tls import connect
 
-    async def quiet(_error: Exception) -> None:
+    errors: list[Exception] = []
+
+    async def quiet(error: Exception) -> None:
         """Said once, below, not logged per try."""
+        errors.append(error)
 
     try:
-        return await nats.connect(
-            server_urls(url), connect_timeout=5, max_reconnect_attempts=3, reconnect_time_wait=1, error_cb=quiet
-        )
-    except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as e:
-        raise SystemExit(f"cannot {what} at {_redacted(url)}: {e!r}") from None
+        return await connect(url, connect_timeout=5, max_reconnect_attempts=3, reconnect_time_wait=1, error_cb=quiet)
+    except (OSError, nats.errors.Error) as e:
+        last = f" (last error: {errors[-1]!r})" if errors and errors[-1] is not e else ""
+        raise SystemExit(f"cannot {what} at {_redacted(url)}: {e!r}{last}") from None
 
 
 def csv_messages(subject: str, lines: Iterable[str]) -> Iterable[dict[str, Any]]:

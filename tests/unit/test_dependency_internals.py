@@ -1,12 +1,16 @@
 """The private parts of nats-py the ledger relies on, pinned down.
 
-Two places reach into nats-py's internals, each where no public API does the job:
+Three places reach into nats-py's internals (and one into FastStream's), each where no public
+API does the job:
 
 - ``consumers.natsfix`` replaces ``Subscription.next_msg`` on Python 3.11 (its ``wait_for`` can
   drop a message taken from the queue just as it times out, CPython gh-86296);
 - ``ledger.jetstream.client._LedgerConnection`` overrides ``Client._process_msg`` (direct-get
   replies go straight to one handler) and ``Client._process_headers`` (headers parsed lazily),
-  both for speed.
+  both for speed;
+- ``ledger.jetstream.tls.GuardedClient`` overrides ``Client._connect_command`` (no credentials
+  in clear where TLS is required), and ``consumers.broker.GuardedNatsBroker`` overrides
+  FastStream's ``NatsBroker._connect`` to connect with it.
 
 pyproject.toml pins nats-py's minor version. These tests fail when an upgrade changes what the
 overrides rely on (a signature, a source, a behaviour), and when the fix is no longer needed, so
@@ -25,6 +29,7 @@ from typing import Any
 
 import nats.protocol.parser
 import pytest
+from faststream.nats import NatsBroker
 from nats import errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -32,6 +37,7 @@ from nats.aio.subscription import Subscription
 
 from consumers import natsfix
 from ledger.jetstream.client import RawHeaders, _LedgerConnection
+from ledger.jetstream.tls import GuardedClient
 
 
 def _fingerprint(function: Any) -> str:
@@ -43,6 +49,11 @@ NEXT_MSG = "6abe56b0718cc68ea8b89fc2899b8ddfef500e018b3748553d81c794318a607e"
 PROCESS_MSG = "6cff75947e97717a14ec0ed53f1679b8179e81d18a2fafff780baa08160ecc0a"
 PROCESS_HEADERS = "fe656f61147df9894dbeafc1a26fc43552eddbef3ed3e24ff790519d577bf1cb"
 PARSE_HEADER_LINES = "049cf69148e0bb4f6d897648c92c3a3816df04091fa345f01b93316bbc4d187f"
+CONNECT_COMMAND = "1999c01f55c91ecc4862bb139994c343dc181da3a422dc7491f3783beb4b5703"
+PROCESS_CONNECT_INIT = "e1ed2da075c82ab002bdfe914719ed97fc35ce37741d161e831de27217d24f09"
+NATS_CONNECT = "082d1e186993c4535f26dfd4c387d36a31b0c7b465a0146debd2b4cb888af966"
+# ... and of FastStream 0.7.8's NatsBroker._connect.
+FASTSTREAM_CONNECT = "196692e980c85d14b46a1eae5ef07a068575bc6576174643db6d2a11d03fc03e"
 
 
 def test_nats_py_is_the_minor_version_the_overrides_were_written_for() -> None:
@@ -150,6 +161,38 @@ async def test_direct_replies_bypass_the_subscription_and_are_counted() -> None:
     # Any other subscription is nats-py's (an unknown one is dropped by it, counted).
     await nc._process_msg(8, b"other", b"", b"xy", b"")
     assert len(got) == 1 and nc.stats["in_msgs"] == 2
+
+
+# ---- ledger.jetstream.tls.GuardedClient and consumers.broker.GuardedNatsBroker -----------------
+
+
+def test_connect_is_written_only_by_connect_command_after_the_tls_upgrade() -> None:
+    """The guard checks the transport in ``_connect_command``: nats-py must upgrade to TLS (when
+    the server asks) before it builds CONNECT, and build it nowhere else (then update the
+    fingerprints)."""
+    source = inspect.getsource(Client._process_connect_init)
+    assert source.index("connect_tls(") < source.index("connect_cmd = self._connect_command()")
+    assert _fingerprint(Client._process_connect_init) == PROCESS_CONNECT_INIT
+    assert _fingerprint(Client._connect_command) == CONNECT_COMMAND
+    assert "def _connect_command" in inspect.getsource(GuardedClient)
+
+
+def test_the_guarded_broker_connects_as_faststream_does_but_with_the_guarded_client() -> None:
+    """FastStream connects with ``nats.connect(**self._connection_kwargs)``, which is
+    ``NATS(); await nc.connect(servers, **options)``: the override does the same with a
+    ``GuardedClient`` (then update the fingerprints)."""
+    assert "await nats.connect(**self._connection_kwargs)" in inspect.getsource(NatsBroker._connect)
+    assert _fingerprint(NatsBroker._connect) == FASTSTREAM_CONNECT
+    assert _fingerprint(nats.connect) == NATS_CONNECT
+    assert metadata.version("faststream").startswith("0.7.")
+
+
+def test_the_transport_tells_whether_it_is_tls() -> None:
+    """``_is_tls`` reads the TCP transport's stream writer (``_io_writer``)."""
+    from nats.aio.transport import TcpTransport
+
+    assert "_io_writer" in inspect.getsource(TcpTransport.connect_tls)
+    assert "_io_writer" in inspect.getsource(TcpTransport.connect)
 
 
 def test_no_event_loop_is_left_running() -> None:
