@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 from consumers import natsfix  # noqa: F401 - nats-py loses fetched messages on Python 3.11 without it
 from consumers.ingest import Delivery, Ingestor, Journal, Verdict, read_parked
 from consumers.lease import WriterLease
+from consumers.streams import IntakeLimits
 from contract.messages import SCHEMAS, Upstream
 from contract.subjects import PARKED_RETRY_SUBJECT, UPSTREAM_STREAM, UPSTREAM_SUBJECTS
 from ledger.application import Ledger
@@ -76,6 +77,10 @@ class IngestSettings:
     """How often a standby tries to take the lease."""
     replicas: int = 1
     """Replicas of the lease bucket when it is created."""
+    refuse_unattributed: bool = False
+    """Refuse messages that reached UPSTREAM without a sender account (``not_authorised``)."""
+    intake_limits: IntakeLimits = field(default_factory=IntakeLimits)
+    """The limits of each sender's intake stream, when the ingestion creates them."""
 
 
 @dataclass
@@ -134,7 +139,7 @@ class IngestService:
         self._on_role = on_role
         self.broker = broker
         self.settings = settings = settings or IngestSettings()
-        self.ingestor = Ingestor(ledger) if ledger is not None else None
+        self.ingestor = Ingestor(ledger, refuse_unattributed=settings.refuse_unattributed) if ledger is not None else None
         self.stats = IngestStats()
         self._on_batch = on_batch
         self._failures = 0

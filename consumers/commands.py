@@ -53,17 +53,29 @@ def command_of(message: s.Upstream) -> c.Command:
     return msgspec.convert(message, ROUTES[type(message)].command, from_attributes=True)
 
 
-def actor_of(message: s.Upstream, *, upstream_seq: int | None = None, digest: str | None = None) -> Actor:
-    """Who sent ``message``: the subject's system and what the message says of its sender."""
+def actor_of(
+    message: s.Upstream, *, account: str | None = None, upstream_seq: int | None = None, digest: str | None = None
+) -> Actor:
+    """Who sent ``message``: its sender's ``account`` (from its credentials; None: unattributed),
+    the subject's system and what the message says of its channel, operator and organisation."""
     route = ROUTES[type(message)]
     said = {field: getattr(message, attribute) for field, attribute in route.actor}
     if route.channel is not None:
         said["channel"] = route.channel
-    return Actor(route.system, **said, upstream_seq=upstream_seq, digest=digest)
+    return Actor(route.system, **said, account=account, upstream_seq=upstream_seq, digest=digest)
 
 
-def apply(ledger: Ledger, message: s.Upstream, *, upstream_seq: int | None = None, digest: str | None = None) -> Outcome:
-    """Hand ``message`` to the ledger; returns its outcome or raises its ``Refusal``.
-    ``upstream_seq`` and ``digest`` (the message's place in UPSTREAM, its content's digest) are
-    recorded in the source of every event it causes."""
-    return ledger.handle(command_of(message), actor_of(message, upstream_seq=upstream_seq, digest=digest))
+def apply(
+    ledger: Ledger,
+    message: s.Upstream,
+    *,
+    account: str | None = None,
+    upstream_seq: int | None = None,
+    digest: str | None = None,
+) -> Outcome:
+    """Hand ``message``, sent by ``account`` (None: unattributed), to the ledger; returns its
+    outcome or raises its ``Refusal``. ``account``, ``upstream_seq`` and ``digest`` (the
+    message's place in UPSTREAM, its content's digest) are recorded in the source of every
+    event it causes."""
+    actor = actor_of(message, account=account, upstream_seq=upstream_seq, digest=digest)
+    return ledger.handle(command_of(message), actor)

@@ -34,6 +34,9 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 from consumers.commands import apply
 from contract.messages import TargetSet, Text, Upstream, decode
 from contract.rejection import Rejection, encode_rejection
+from contract.subjects import split_upstream
+from ledger.domain.refusals import NotAuthorised
+from ledger.senders import UNATTRIBUTED
 from ledger.application import Ledger
 from ledger.domain.refusals import Refusal
 from ledger.jetstream.datastore import Decisions, Fence, WriterFencedError
@@ -64,6 +67,12 @@ class Delivery:
     deliveries: int = 1
     """How many times the server has delivered it, this time included."""
     stream_seq: int = 0
+
+    @property
+    def sender(self) -> str | None:
+        """The sender's account, from the subject its account's import gave the message (None:
+        unattributed)."""
+        return split_upstream(self.subject)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +298,11 @@ class Journal:
             ).fitting(self.max_payload - HEADER_ROOM)
             released = self._released(delivery)
             return released + [
-                (f"rej.{rejection.reason}", encode_rejection(rejection), {UPSTREAM_SEQ: seq, **rejection.headers()})
+                (
+                    f"rej.{rejection.reason}.{delivery.sender or UNATTRIBUTED}",
+                    encode_rejection(rejection),
+                    {UPSTREAM_SEQ: seq, **rejection.headers()},
+                )
             ]
         if verdict.kind == "parked":
             parked = self._parked(delivery, verdict, holds)
@@ -320,6 +333,9 @@ class Ingestor:
     journal: Journal = field(default_factory=Journal)
     tries: int = TRIES
     retry_pause: float = 0.05
+    refuse_unattributed: bool = False
+    """Refuse (``not_authorised``) messages no sender account is known for, instead of recording
+    them as unattributed."""
 
     def process(self, batch: list[Delivery], *, retrying: bool = False) -> list[Verdict]:
         """A verdict per message of ``batch`` (in stream order), in the same order.
@@ -432,8 +448,15 @@ class Ingestor:
         return verdict
 
     def _decode(self, delivery: Delivery) -> Upstream | Verdict:
+        sender, subject = split_upstream(delivery.subject)
+        if sender is None and self.refuse_unattributed:
+            refusal = NotAuthorised(
+                f"{delivery.subject} reached the ledger without a sender account: only messages sent through an "
+                "upstream account's import are accepted (LEDGER_UNATTRIBUTED=refuse)"
+            )
+            return Verdict("rejected", _msg_id_of(delivery.data), reason=refusal.reason, detail=refusal.detail)
         try:
-            return decode(delivery.subject, delivery.data)
+            return decode(subject, delivery.data)
         except Refusal as refusal:
             return Verdict("rejected", _msg_id_of(delivery.data), reason=refusal.reason, detail=refusal.detail)
         except Exception as e:  # noqa: BLE001 - decoding fails alike at every delivery: never retried
@@ -442,7 +465,9 @@ class Ingestor:
 
     def _apply(self, message: Upstream, delivery: Delivery) -> Verdict:
         try:
-            outcome = apply(self.ledger, message, upstream_seq=delivery.stream_seq or None, digest=digest_of(message))
+            outcome = apply(
+                self.ledger, message, account=delivery.sender, upstream_seq=delivery.stream_seq or None, digest=digest_of(message)
+            )
         except Refusal as refusal:
             return Verdict(
                 "rejected",

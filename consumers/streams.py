@@ -1,9 +1,17 @@
-"""The streams ingestion needs: UPSTREAM (the facts as sent) and REJECTED (what was refused).
+"""The streams ingestion needs: the senders' intakes, UPSTREAM (the facts as sent) and REJECTED
+(what was refused), with each sender's share of REJECTED.
 
-Both are immutable file streams kept without limits. UPSTREAM deduplicates on ``Nats-Msg-Id``
-(= the sender's ``msg_id``) within its window. REJECTED is derived by the server from the
-rejections the ingestion records on LEDGER, in the same atomic appends as the position they were
-decided at: a message is never rejected twice because it is never decided twice.
+- ``UPSTREAM_<SENDER>``, one per sender account and one for unattributed messages: what that
+  sender published (``upstream.<sender>.<noun>.<verb>``). It deduplicates on ``Nats-Msg-Id``
+  within that sender's messages only, so two senders may use the same ``msg_id``; its limits
+  (bytes, message size, age) bound what one sender can put on the server's disk. A full intake
+  refuses the sender's next publish (discard new); nothing stored is dropped.
+- UPSTREAM, derived by the server from all the intakes: the one ordered sequence the ledger
+  decides, immutable, kept without limits. It has no subjects of its own.
+- REJECTED, derived by the server from the rejections the ingestion records on LEDGER, in the
+  same atomic appends as the position they were decided at: a message is never rejected twice
+  because it is never decided twice. ``REJECTED_<SENDER>`` holds one sender's rejections, for
+  that sender to read (and nobody else).
 """
 
 from __future__ import annotations
@@ -12,21 +20,72 @@ from typing import Any
 
 import msgspec
 
+from dataclasses import dataclass
+
 from contract.subjects import (
     LEDGER_PREFIX,
     LEDGER_STREAM,
     REJECTED_PREFIX,
     REJECTED_STREAM,
+    UPSTREAM_SENDERS,
     UPSTREAM_STREAM,
-    UPSTREAM_SUBJECTS,
+    intake_stream,
+    intake_subjects,
+    sender_rejected_stream,
 )
 from ledger.jetstream.datastore import StreamSpec
+from ledger.senders import SENDERS
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeLimits:
+    """What one sender may hold on the server at a time (its intake stream's limits)."""
+
+    max_bytes: int = 1 << 30
+    max_msg_size: int = 1 << 20
+    max_age_s: float = 30 * 86400.0
+
+
+def intake_spec(sender: str, replicas: int = 1, limits: IntakeLimits = IntakeLimits(), duplicate_window_s: float = 3600.0) -> StreamSpec:
+    """``sender``'s intake: its messages as published, deduplicated among themselves."""
+    return StreamSpec(
+        name=intake_stream(sender),
+        subjects=(intake_subjects(sender),),
+        replicas=replicas,
+        duplicate_window_s=duplicate_window_s,
+        max_bytes=limits.max_bytes,
+        max_msg_size=limits.max_msg_size,
+        max_age_s=limits.max_age_s,
+    )
 
 
 def upstream_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> StreamSpec:
+    """UPSTREAM, derived from every intake, in the order the server copies them."""
     return StreamSpec(
-        name=UPSTREAM_STREAM, subjects=(UPSTREAM_SUBJECTS,), replicas=replicas, duplicate_window_s=duplicate_window_s
+        name=UPSTREAM_STREAM,
+        subjects=(),
+        replicas=replicas,
+        duplicate_window_s=duplicate_window_s,
+        sources=tuple((intake_stream(s), intake_subjects(s), intake_subjects(s)) for s in UPSTREAM_SENDERS),
     )
+
+
+def sender_rejected_spec(sender: str, replicas: int = 1) -> StreamSpec:
+    """``sender``'s rejections, derived from REJECTED (``ledger.rejected.<reason>.<sender>``)."""
+    mine = f"{REJECTED_PREFIX}.*.{sender}"
+    return StreamSpec(name=sender_rejected_stream(sender), subjects=(), replicas=replicas, sources=((REJECTED_STREAM, mine, mine),))
+
+
+def ingest_specs(replicas: int = 1, limits: IntakeLimits = IntakeLimits()) -> list[StreamSpec]:
+    """Every stream of the ingestion, in the order to create them: UPSTREAM first (an older
+    UPSTREAM with subjects of its own gives them up before the intakes take them), then the
+    intakes, REJECTED and the senders' shares of it."""
+    return [
+        upstream_spec(replicas),
+        *(intake_spec(s, replicas, limits) for s in UPSTREAM_SENDERS),
+        rejected_spec(replicas),
+        *(sender_rejected_spec(s, replicas) for s in SENDERS),
+    ]
 
 
 def rejected_spec(

@@ -43,11 +43,12 @@ from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
 from ledger.domain.refusals import DuplicateReceipt, Malformed, MsgIdConflict, NoEnrollment, Refusal
 from ledger.domain.source import Source
 from ledger.domain.targets import DistrictTarget, target_id
+from ledger import senders
+from ledger.senders import CASH_CHANNEL
 from ledger.transcodings import LEDGER_TRANSCODINGS
 from ledger.unit_of_work import DecisionRecord, UnitOfWork
 
 PERSON_KEY_SECRET = "LEDGER_PERSON_KEY_SECRET"
-CASH_CHANNEL = "community_cash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,9 @@ class Actor:
     channel: str | None = None
     operator_id: str | None = None
     org_id: str | None = None
+    account: str | None = None
+    """The sender's NATS account (``ledger.senders``), from its credentials; None when the server
+    could not tell (unattributed)."""
     upstream_seq: int | None = None
     """Where the message sits in UPSTREAM (recorded in every event it causes)."""
     digest: str | None = None
@@ -116,6 +120,7 @@ class Ledger(Application[UUID]):
     def handle(self, command: Command, actor: Actor) -> Outcome:
         """Apply ``command`` (sent by ``actor``) with the method for its type."""
         method: Callable[[Any, Actor], Outcome] = getattr(self, HANDLERS[type(command)])
+        senders.check(actor.account, command, actor.channel)
         return method(command, actor)
 
     def register_person(self, c: RegisterPerson, actor: Actor) -> Outcome:
@@ -408,6 +413,7 @@ def _source(msg_id: str, effective_at: datetime, actor: Actor, occurred_at: date
         channel=actor.channel,
         operator_id=actor.operator_id,
         org_id=actor.org_id,
+        account=actor.account,
         reported_at=occurred_at if occurred_at is not None and occurred_at != effective_at else None,
         upstream_seq=actor.upstream_seq,
         digest=actor.digest,

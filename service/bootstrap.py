@@ -37,6 +37,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from consumers.app import IngestService, IngestSettings
+    from consumers.streams import IntakeLimits
     from ledger.application import Ledger
     from ledger.jetstream.evidence import Checkpointer
     from projections.queries import CoverageQueryService
@@ -148,7 +149,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         # A writer that stops signs a last checkpoint, once its ingestion and broker have stopped.
         stack.push_async_callback(_last_checkpoint, roles, checkpoints)
         broker, nc = await stack.enter_async_context(connected_broker(url))
-        await ensure_ingest_streams(nc, settings.replicas)
+        await ensure_ingest_streams(nc, settings.replicas, settings.intake_limits)
         observed.watch(connection=nc)
         projections = await asyncio.to_thread(start_projections, ledger, url, settings.views, settings.replicas, standby=True)
         stack.push_async_callback(asyncio.to_thread, projections.close)
@@ -261,7 +262,13 @@ async def connected_broker(url: str) -> AsyncIterator[tuple[Any, Any]]:
 def ingest_settings(settings: Settings) -> IngestSettings:
     from consumers.app import IngestSettings
 
-    return IngestSettings(batch_size=settings.batch_size, replicas=settings.replicas, lease_ttl=settings.lease_seconds)
+    return IngestSettings(
+        batch_size=settings.batch_size,
+        replicas=settings.replicas,
+        lease_ttl=settings.lease_seconds,
+        refuse_unattributed=settings.unattributed == "refuse",
+        intake_limits=settings.intake_limits,
+    )
 
 
 @asynccontextmanager
@@ -281,7 +288,7 @@ async def ingesting(
 
     service = IngestService(ledger, broker, settings, on_batch=on_batch, on_role=on_role)
     nc = await broker.connect()
-    await ensure_ingest_streams(nc, service.settings.replicas)
+    await ensure_ingest_streams(nc, service.settings.replicas, service.settings.intake_limits)
     await broker.start()
     if contend:
         await service.start()
@@ -468,10 +475,11 @@ def local_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-async def ensure_ingest_streams(connection: Any, replicas: int = 1) -> None:
-    """UPSTREAM and REJECTED, created if missing (an existing one with weaker settings is
-    refused, an older REJECTED upgraded). ``connection``: a nats-py connection or a broker."""
-    from consumers.streams import rejected_spec, upstream_spec
+async def ensure_ingest_streams(connection: Any, replicas: int = 1, limits: IntakeLimits | None = None) -> None:
+    """The intakes, UPSTREAM and REJECTED (``consumers.streams``), created if missing (an existing
+    one with weaker settings is refused, an older layout upgraded). ``connection``: a nats-py
+    connection or a broker."""
+    from consumers.streams import IntakeLimits, ingest_specs
 
     nc = await connection.connect() if hasattr(connection, "subscriber") else connection
 
@@ -479,5 +487,5 @@ async def ensure_ingest_streams(connection: Any, replicas: int = 1) -> None:
         reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
         return dict(json.loads(reply.data))
 
-    for spec in (upstream_spec(replicas), rejected_spec(replicas)):
+    for spec in ingest_specs(replicas, limits or IntakeLimits()):
         await spec.ensure(api)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consumers.streams import IntakeLimits
 from contract.subjects import LEDGER_PREFIX, LEDGER_STREAM
 
 
@@ -43,6 +44,10 @@ class Settings:
     ledger_stream: str = _setting("NATS_STREAM", LEDGER_STREAM, "the ledger's stream")
     ledger_prefix: str = _setting("NATS_SUBJECT_PREFIX", LEDGER_PREFIX, "the ledger stream's subject prefix")
     metrics_address: str | None = _setting("LEDGER_METRICS_ADDRESS", None, "HOST:PORT serving /metrics, /healthz and /readyz (port 0: a free one, logged as event=metrics); none: off", option="--metrics-address")
+    unattributed: str = _setting("LEDGER_UNATTRIBUTED", "accept", "upstream messages the server could not attribute to a sender account (a server without accounts): accept (recorded as unattributed) or refuse (not_authorised)")
+    intake_max_bytes: int = _setting("LEDGER_INTAKE_MAX_BYTES", 1 << 30, "bytes one sender's intake stream may hold (a full one refuses the sender's next message)")
+    intake_max_msg_size: int = _setting("LEDGER_INTAKE_MAX_MSG_SIZE", 1 << 20, "the largest message a sender may publish, in bytes")
+    intake_max_age_days: float = _setting("LEDGER_INTAKE_MAX_AGE_DAYS", 30.0, "days a sender's intake keeps a message (UPSTREAM keeps it for ever)")
 
     @classmethod
     def read(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Settings:
@@ -70,6 +75,10 @@ class Settings:
             raise SystemExit(f"replicas must be 1, 3 or 5, not {self.replicas}")
         if self.lease_seconds <= 0 or self.checkpoint_seconds <= 0:
             raise SystemExit("LEDGER_LEASE_SECONDS and LEDGER_CHECKPOINT_SECONDS must be positive")
+        if self.unattributed not in ("accept", "refuse"):
+            raise SystemExit(f"LEDGER_UNATTRIBUTED must be accept or refuse, not {self.unattributed!r}")
+        if min(self.intake_max_bytes, self.intake_max_msg_size) < 1 or self.intake_max_age_days <= 0:
+            raise SystemExit("LEDGER_INTAKE_MAX_BYTES, LEDGER_INTAKE_MAX_MSG_SIZE and LEDGER_INTAKE_MAX_AGE_DAYS must be positive")
 
     @property
     def embedded(self) -> bool:
@@ -79,6 +88,10 @@ class Settings:
     @property
     def views(self) -> str:
         return self.views_url or default_views_url(self.data_dir)
+
+    @property
+    def intake_limits(self) -> IntakeLimits:
+        return IntakeLimits(self.intake_max_bytes, self.intake_max_msg_size, self.intake_max_age_days * 86400.0)
 
     def ledger_env(self) -> dict[str, str]:
         """The event store's part, as the ``eventsourcing`` environment of the ledger."""

@@ -99,6 +99,13 @@ class NoPolicyForYear(Refusal):
     reason = "no_policy_for_year"
 
 
+class NotAuthorised(Refusal):
+    """Raised when the sender (known by its NATS account) may not send this fact, through this
+    channel, or for this roster category."""
+
+    reason = "not_authorised"
+
+
 REASONS: tuple[str, ...] = tuple(
     cls.reason
     for cls in (
@@ -114,6 +121,7 @@ REASONS: tuple[str, ...] = tuple(
         NoEnrollment,
         DuplicateReceipt,
         NoPolicyForYear,
+        NotAuthorised,
     )
 )
 """Every reason the ledger can give, in the contract's order (plus ``no_policy_for_year``)."""

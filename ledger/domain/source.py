@@ -37,6 +37,9 @@ class Source:
     digest: str | None = None
     """A digest of the message's content: a repeat of ``msg_id`` with another content is a
     conflict, not a duplicate."""
+    account: str | None = None
+    """The sender's account: who sent the message, as the NATS server authenticated it (None:
+    the server could not tell, and the sender is what the message says)."""
 
     @property
     def effective_on(self) -> date:
@@ -46,7 +49,10 @@ class Source:
 
     @property
     def sender(self) -> str:
-        """Who sent the message: the system and, within it, the channel or organisation."""
+        """Who sent the message: its account, or (unattributed) the system and, within it, the
+        channel or organisation the message names."""
+        if self.account is not None:
+            return self.account
         return f"{self.system}:{self.channel or self.org_id or ''}"
 
     @property

@@ -167,13 +167,17 @@ class StreamSpec:
     max_msgs_per_subject: int = -1
     sources: tuple[tuple[str, str, str], ...] = ()
     """Streams this one is derived from by the server: (stream, subjects there, subjects here)."""
+    max_bytes: int = -1
+    max_msg_size: int = -1
+    max_age_s: float = 0.0
+    """Limits of a buffer (an intake stream whose messages the server copies on into a stream
+    kept forever). With limits, a full stream refuses new messages (discard new): nothing stored
+    is ever dropped to make room."""
 
     def config(self) -> dict[str, Any]:
         config = self._config()
         if self.sources:
-            config["sources"] = [
-                {"name": name, "subject_transforms": [{"src": src, "dest": dest}]} for name, src, dest in self.sources
-            ]
+            config["sources"] = [_source(name, src, dest) for name, src, dest in self.sources]
         return config
 
     def _config(self) -> dict[str, Any]:
@@ -182,11 +186,12 @@ class StreamSpec:
             "subjects": list(self.subjects),
             "retention": "limits",
             "storage": "file",
-            "discard": "old",
+            "discard": "new" if self.limited else "old",
             "num_replicas": self.replicas,
             "max_msgs": -1,
-            "max_bytes": -1,
-            "max_age": 0,
+            "max_bytes": self.max_bytes,
+            "max_msg_size": self.max_msg_size,
+            "max_age": int(self.max_age_s * 1e9),
             "max_msgs_per_subject": self.max_msgs_per_subject,
             "duplicate_window": int(self.duplicate_window_s * 1e9),
             "deny_delete": self.immutable,
@@ -194,6 +199,10 @@ class StreamSpec:
             "allow_direct": True,
             "allow_atomic": True,
         }
+
+    @property
+    def limited(self) -> bool:
+        return self.max_bytes > 0 or self.max_msg_size > 0 or self.max_age_s > 0
 
     async def ensure(self, api: Callable[..., Awaitable[dict[str, Any]]], *, create: bool = True) -> None:
         """Create the stream through the JetStream API ``api(subject, request)`` when missing
@@ -230,11 +239,14 @@ class StreamSpec:
         if self.immutable:
             if config.get("retention", "limits") != "limits":
                 found.append(f"retention is {config.get('retention')!r}, not 'limits'")
-            for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
-                if config.get(limit, -1) not in (-1, 0):
-                    found.append(f"{limit} is {config.get(limit)} (events would be discarded)")
-            if config.get("max_age", 0):
-                found.append(f"max_age is {config.get('max_age')} ns (events would expire)")
+            if self.limited:
+                found.extend(self._other_limits(config))
+            else:
+                for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+                    if config.get(limit, -1) not in (-1, 0):
+                        found.append(f"{limit} is {config.get(limit)} (events would be discarded)")
+                if config.get("max_age", 0):
+                    found.append(f"max_age is {config.get('max_age')} ns (events would expire)")
             if config.get("num_replicas", 1) < self.replicas:
                 found.append(f"num_replicas is {config.get('num_replicas', 1)}, fewer than {self.replicas}")
         missing = set(self.subjects) - set(config.get("subjects") or ())
@@ -247,18 +259,34 @@ class StreamSpec:
             found.append(f"it has subjects of its own {config.get('subjects')} (anyone allowed could publish into it)")
         return found
 
+    _LIMITS = ("max_bytes", "max_msg_size", "max_age", "discard")
+
+    def _other_limits(self, config: dict[str, Any]) -> list[str]:
+        wanted = self._config()
+        return [
+            f"limits differ: {limit} is {config.get(limit)!r}, configured {wanted[limit]!r}"
+            for limit in self._LIMITS
+            if config.get(limit) != wanted[limit]
+        ]
+
     def _missing_sources(self, config: dict[str, Any]) -> set[tuple[str, str, str]]:
         have = {
             (source.get("name"), t.get("src"), t.get("dest"))
             for source in config.get("sources") or ()
             for t in source.get("subject_transforms") or ()
+        } | {
+            (source.get("name"), source["filter_subject"], source["filter_subject"])
+            for source in config.get("sources") or ()
+            if source.get("filter_subject")
         }
         return set(self.sources) - have
 
     def upgradable(self, config: dict[str, Any]) -> bool:
         """Whether the existing stream lacks only subjects or sources of this spec."""
         weak = self.weaknesses(config)
-        return bool(weak) and all(w.startswith(("subjects lack", "it is not derived", "it has subjects of its own")) for w in weak)
+        return bool(weak) and all(
+            w.startswith(("subjects lack", "it is not derived", "it has subjects of its own", "limits differ")) for w in weak
+        )
 
     def upgraded(self, config: dict[str, Any]) -> dict[str, Any]:
         """``config`` with this spec's subjects and sources (a derived stream keeps no subjects
@@ -268,7 +296,17 @@ class StreamSpec:
         config["subjects"] = sorted(set(config.get("subjects") or ()) | set(self.subjects)) if not self.sources else list(self.subjects)
         if self.sources:
             config["sources"] = wanted["sources"]
+        if self.limited:
+            config.update({limit: wanted[limit] for limit in self._LIMITS})
         return config
+
+
+def _source(name: str, src: str, dest: str) -> dict[str, Any]:
+    """A stream source: the subjects ``src`` of stream ``name``, as ``dest`` here (the same
+    subjects: a filter; others: a subject transform)."""
+    if src == dest:
+        return {"name": name, "filter_subject": src}
+    return {"name": name, "subject_transforms": [{"src": src, "dest": dest}]}
 
 
 class JetStreamDatastore:

@@ -33,6 +33,7 @@ from ledger.domain.refusals import (
     UnknownDistrict,
 )
 from tests.scenario.conftest import at
+from tests.scenario import test_senders
 from tests.scenario.steps_status import (
     COMMUNITY_CASH,
     STANDARD_Y,
@@ -353,5 +354,6 @@ TESTED_REASONS = {
     "no_enrollment": test_a_payment_for_someone_the_ledger_does_not_know_is_refused,
     "duplicate_receipt": test_a_cash_receipt_number_used_twice_is_refused,
     "no_policy_for_year": test_an_enrollment_for_a_year_no_policy_table_covers_is_refused,
+    "not_authorised": test_senders.test_a_cash_payment_from_the_wechat_system_is_not_authorised,
 }
 """One test per reason of ``REASONS`` (more above for the common ones)."""
