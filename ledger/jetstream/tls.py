@@ -17,6 +17,7 @@ clear to any server that does not ask for TLS, ``tls://`` or not.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,25 @@ def connect_options(url: str, tls: NatsTls | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {"servers": server_urls(url)}
     if tls.required_for(url):
         options["tls"] = tls.context()
+        _quiet_tls_eof_warning()
     return options
+
+
+class _TlsEofWarning(logging.Filter):
+    """nats-py upgrades a connection to TLS with ``loop.start_tls`` under a stream protocol that
+    never learns it is over TLS, so asyncio logs "returning true from eof_received() has no
+    effect when using ssl" each time a server closes such a connection (every stop): harmless,
+    and said to no one here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("returning true from eof_received() has no effect when using ssl")
+
+
+_EOF_FILTER = _TlsEofWarning()
+
+
+def _quiet_tls_eof_warning() -> None:
+    logging.getLogger("asyncio").addFilter(_EOF_FILTER)  # once: adding the same filter again does nothing
 
 
 def server_urls(url: str) -> list[str]:

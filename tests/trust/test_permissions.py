@@ -37,7 +37,8 @@ from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.person import person_id
 from ledger.jetstream.datastore import StreamSpec
 from ledger.jetstream.server import _read_info, find_server_binary, free_port
-from tests.integration.ingest_support import SECRET, ServeProcess, ingestion_finished, wait_for
+from tests.integration.ingest_support import CIPHER_KEY, SECRET, ServeProcess, ingestion_finished, wait_for
+from tests.trust.tls_support import DevCerts, dev_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "nats"
@@ -215,16 +216,32 @@ class DeployServer:
     passwords: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     serve: ServeProcess | None = None
+    certs: DevCerts | None = None
+    """The development CA and certificates the server's TLS listener uses."""
+    trusted: tuple[str | None] | None = None
+    """``SSL_CERT_FILE`` as it was before the server trusted its CA process-wide (None: it did not)."""
 
     def url(self, user: str | None = None, password: str | None = None) -> str:
         if user is None:
-            return f"nats://127.0.0.1:{self.port}"
-        return f"nats://{user}:{password or self.passwords[user]}@127.0.0.1:{self.port}"
+            return f"tls://127.0.0.1:{self.port}"
+        return f"tls://{user}:{password or self.passwords[user]}@127.0.0.1:{self.port}"
 
 
-def start_deploy_server(directory: Path, *, admin: bool) -> DeployServer:
-    """nats-server on ``deploy/nats/single.conf`` (a copy, in ``directory``) on a free port."""
+def start_deploy_server(
+    directory: Path, *, admin: bool, certs: DevCerts | None = None, trust: bool = True, verify_clients: bool = False
+) -> DeployServer:
+    """nats-server on ``deploy/nats/single.conf`` (a copy, in ``directory``) on a free port.
+
+    TLS as deployed: the certificates of ``deploy/tls/make-dev-ca`` (made in ``directory/tls``
+    unless given) in the server's ``NATS_TLS_*`` variables; clients must use TLS (``url`` gives
+    ``tls://`` URLs). With ``trust`` (the default), this process and the commands it starts
+    trust the dev CA as if it were a system CA (``SSL_CERT_FILE``, which OpenSSL reads for every
+    default SSL context: nats-py's for a ``tls://`` URL, the ledger's without
+    ``LEDGER_NATS_CA_FILE``) until ``stop_deploy_server``: the tests of what the accounts allow
+    need no TLS option at each connection. ``tests/trust/test_tls.py`` passes the CA explicitly
+    instead."""
     shutil.copytree(DEPLOY, directory / "nats")
+    certs = certs or dev_certs(directory / "tls")
     passwords = {user: "p" + secrets.token_hex(16) for user in USERS}  # see nats.env.example
     if admin:
         passwords["admin"] = "p" + secrets.token_hex(16)
@@ -233,8 +250,9 @@ def start_deploy_server(directory: Path, *, admin: bool) -> DeployServer:
         # Test only: an unrestricted user in the LEDGER account (its users list comes first).
         text = text.replace("    users: [\n", "    users: [\n      { user: admin, password: $ADMIN_NATS_PASSWORD }\n", 1)
         accounts.write_text(text)
-    env = {**os.environ, **{password_variable(u): p for u, p in passwords.items()}}
-    server = DeployServer(directory, free_port(), passwords)
+    env = {**os.environ, **{password_variable(u): p for u, p in passwords.items()},
+           **certs.server_env("ledger-1", verify_clients=verify_clients)}  # fmt: skip
+    server = DeployServer(directory, free_port(), passwords, certs=certs)
     check = subprocess.run(
         [str(find_server_binary()), "-t", "-c", "nats/single.conf"], cwd=directory, env=env, capture_output=True, text=True
     )
@@ -250,16 +268,26 @@ def start_deploy_server(directory: Path, *, admin: bool) -> DeployServer:
             raise AssertionError(f"nats-server exited: {server.process.stderr.read().decode() if server.process.stderr else ''}")
         try:
             info = _read_info("127.0.0.1", server.port)
-            assert info.get("jetstream") and info.get("auth_required"), info
+            assert info.get("jetstream") and info.get("auth_required") and info.get("tls_required"), info
             break
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+    if trust:
+        server.trusted = (os.environ.get("SSL_CERT_FILE"),)
+        os.environ["SSL_CERT_FILE"] = str(certs.ca_file)
     return server
 
 
 def stop_deploy_server(server: DeployServer) -> None:
+    if server.trusted is not None:
+        (previous,) = server.trusted
+        if previous is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = previous
+        server.trusted = None
     if server.serve is not None and server.serve.process is not None:
         server.serve.stop()
     if server.process is not None:
@@ -482,7 +510,7 @@ async def _stream_info(server: DeployServer, stream: str) -> dict[str, Any]:
 
 def test_auditor_can_replay(deployed: DeployServer, tmp_path: Path) -> None:
     """``ledger replay`` as the auditor: read-only permissions are enough to rebuild the views."""
-    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": CIPHER_KEY, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "replay", "--nats-url", deployed.url("auditor"),
          "--data-dir", str(tmp_path), "--views", f"sqlite:///{tmp_path / 'audit.sqlite'}"],
@@ -582,9 +610,10 @@ def test_count_permission_cases(deployed: DeployServer) -> None:
 
 
 def test_deploy_configs_are_valid(tmp_path: Path) -> None:
-    """Every nats-server configuration in deploy/nats passes ``nats-server -t`` (passwords from
-    the environment), and each keeps JetStream's sync_interval at always."""
-    env = {**os.environ, **{password_variable(u): "x" for u in USERS}}
+    """Every nats-server configuration in deploy/nats passes ``nats-server -t`` (passwords and the
+    TLS files of deploy/tls/make-dev-ca from the environment), and each keeps JetStream's
+    sync_interval at always."""
+    env = {**os.environ, **{password_variable(u): "x" for u in USERS}, **dev_certs(tmp_path / "tls").server_env()}
     configs = [DEPLOY / "single.conf", *sorted((DEPLOY / "cluster").glob("node-*.conf"))]
     assert len(configs) == 4
     for config in configs:
