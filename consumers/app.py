@@ -267,6 +267,7 @@ class IngestService:
                     read_position=lambda: datastore.position(stream, fence.subject),
                     parked=parked,
                     read_parked=lambda: read_parked(datastore),
+                    seal=getattr(self.ledger.mapper.cipher, "encrypt", None),
                 )
         except BaseException:
             await self.lease.release()

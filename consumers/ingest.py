@@ -33,7 +33,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from consumers.commands import apply
 from contract.messages import TargetSet, Text, Upstream, decode
-from contract.rejection import Rejection, encode_rejection
+from contract.rejection import SEAL_ROOM, Rejection, encode_rejection
 from contract.subjects import split_upstream
 from ledger.domain.refusals import NotAuthorised
 from ledger.senders import UNATTRIBUTED
@@ -150,8 +150,11 @@ class Journal:
         read_position: Callable[[], int] | None = None,
         parked: Iterable[ParkedMessage] = (),
         read_parked: Callable[[], Iterable[ParkedMessage]] | None = None,
+        seal: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.fence = fence
+        self.seal = seal
+        """The payload cipher's ``encrypt`` when the ledger encrypts: rejected originals are sealed too."""
         self.position = position
         self.max_payload = max_payload
         self.writer = writer
@@ -295,7 +298,9 @@ class Journal:
                 data=delivery.data,
                 upstream_seq=delivery.stream_seq,
                 person_key=verdict.person_key,
-            ).fitting(self.max_payload - HEADER_ROOM)
+            ).fitting(self.max_payload - HEADER_ROOM - (SEAL_ROOM if self.seal else 0))
+            if self.seal is not None:
+                rejection = rejection.sealed(self.seal)
             released = self._released(delivery)
             return released + [
                 (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -16,9 +17,13 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     detail: str
     payload: str
-    """The original bytes, base64."""
+    """The original bytes, base64; with ``payload_encrypted``, those bytes sealed with the ledger's
+    payload key (AES-GCM, as its events), base64."""
     upstream_seq: int
     person_key: str | None = None
+    payload_encrypted: bool = False
+    """The ledger encrypts its payloads: ``payload`` is sealed (the sender keeps its message; UPSTREAM
+    holds it at ``upstream_seq``)."""
 
     @classmethod
     def of(
@@ -64,9 +69,17 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
             payload=base64.b64encode(original[:keep]).decode(),
         )
 
+    def sealed(self, seal: Callable[[bytes], bytes]) -> Rejection:
+        """This rejection with its payload sealed by ``seal`` (the payload cipher's ``encrypt``).
+        Seal a rejection that already ``fitting`` with ``SEAL_ROOM`` to spare."""
+        return msgspec.structs.replace(self, payload=base64.b64encode(seal(self.original)).decode(), payload_encrypted=True)
+
     def headers(self) -> dict[str, str]:
         return {"Nats-Msg-Id": f"rejected/{self.upstream_seq}"}
 
+
+SEAL_ROOM = 64
+"""Bytes a sealed payload may add to a rejection (AES-GCM's nonce and tag, 28 bytes, in base64)."""
 
 encode_rejection = msgspec.json.Encoder().encode
 decode_rejection: Any = msgspec.json.Decoder(Rejection).decode

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ledger.secret_files import local_secret_file, read_secret_file
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         nats_url=args.nats_url, data_dir=args.data_dir, views_url=args.views, policy_file=args.policy,
         batch_size=args.batch_size, replicas=args.replicas, sync_interval=args.sync_interval, port=args.port,
         cipher_key_file=args.cipher_key_file, metrics_address=args.metrics_address,
+        payload_encryption=args.payload_encryption,
     )  # fmt: skip
     return asyncio.run(serve(settings))
 
@@ -133,8 +135,10 @@ async def serve(settings: Settings) -> int:
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Service]:
     """The whole service, started; taken apart in reverse order on leaving (module docstring)."""
+    if not settings.embedded:
+        cipher_settings(settings)  # an external server without a payload key (nor an explicit off): refused at once
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its secrets, views and server: the owner's
     async with AsyncExitStack() as stack:
         stack.enter_context(_lock_data_dir(data_dir))
         observed = await stack.enter_async_context(observability(settings))
@@ -167,7 +171,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         ingestion = await stack.enter_async_context(ingesting(ledger, broker, ingest_settings(settings), on_role=on_role))
         observed.watch(service=ingestion)
         url_file = data_dir / SERVE_URL_FILE
-        url_file.write_text(url)
+        url_file.write_text(without_credentials(url))  # where the server is; never who we are to it
         stack.callback(url_file.unlink, missing_ok=True)
         log.info("event=ready nats=%s stream=%s consumer=%s", _redacted(url), settings.ledger_stream, ingestion.settings.durable)
         yield Service(
@@ -400,12 +404,26 @@ def _checkpoint(checkpoints: Checkpointer) -> None:
 
 
 def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
+    """``url`` (or a comma-separated list of them) as it may be shown: a password or a token
+    becomes ``***``, the user name stays."""
+    return ",".join(_with_userinfo(part, lambda user, password: f"{user}:***@" if password else "***@") for part in url.split(","))
 
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+
+def without_credentials(url: str) -> str:
+    """``url`` (or a comma-separated list of them) without user, password or token: what
+    ``serve.url`` holds. A command that finds the server there brings its own credentials."""
+    return ",".join(_with_userinfo(part, lambda user, password: "") for part in url.split(","))
+
+
+def _with_userinfo(url: str, userinfo: Callable[[str, str], str]) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.strip())
+    if "@" not in parts.netloc:
+        return url.strip()
+    given, _, host = parts.netloc.rpartition("@")
+    user, _, password = given.partition(":")
+    return urlunsplit(parts._replace(netloc=userinfo(user, password) + host))
 
 
 def ledger_for(settings: Settings, url: str, *, cache: bool = True, embedded: bool | None = None) -> Ledger:
@@ -422,10 +440,31 @@ def ledger_for(settings: Settings, url: str, *, cache: bool = True, embedded: bo
             "AGGREGATE_CACHE_FASTFORWARD": "n",
             "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
         })  # fmt: skip
-    env.update(cipher_settings(settings))
+    key_file = settings.data_dir / CIPHER_KEY_FILE
+    new_key = not key_file.exists()
+    env.update(cipher_settings(settings, embedded=embedded))
+    new_key = new_key and key_file.exists()
     secret = person_key_secret(settings, embedded=embedded)
     policy = load_policy(settings.policy_file or DEFAULT_POLICY)
-    return Ledger({**env, PERSON_KEY_SECRET: secret}, policy=policy, keyer=PersonKeyer(secret.encode()))
+    ledger = Ledger({**env, PERSON_KEY_SECRET: secret}, policy=policy, keyer=PersonKeyer(secret.encode()))
+    if new_key:
+        _only_for_an_empty_ledger(ledger, key_file)
+    return ledger
+
+
+def _only_for_an_empty_ledger(ledger: Ledger, key_file: Path) -> None:
+    """A payload key generated just now suits a new ledger only: LEDGER's messages were written in
+    clear or with another key, and a second key would leave the ledger half unreadable."""
+    datastore = ledger.recorder.datastore  # type: ignore[attr-defined]  # the JetStream recorder's
+    held = datastore.last_sequence(datastore.stream)
+    if held:
+        ledger.close()
+        key_file.unlink(missing_ok=True)
+        raise SystemExit(
+            f"no payload key for this ledger: {key_file} did not exist, yet {datastore.stream} holds {held} messages "
+            "(written in clear, or with another key): give the key it was written with (LEDGER_CIPHER_KEY_FILE), "
+            "or LEDGER_PAYLOAD_ENCRYPTION=off for a ledger written in clear"
+        )
 
 
 def build_ledger(
@@ -436,22 +475,63 @@ def build_ledger(
     return ledger_for(settings, url, cache=cache, embedded=embedded)
 
 
-def cipher_settings(settings: Settings) -> dict[str, str]:
-    """Payload encryption with the library's cipher (AES-GCM) when a key is configured: the file
-    ``cipher_key_file`` (``--cipher-key-file`` or ``LEDGER_CIPHER_KEY_FILE``), else
-    ``cipher_key`` (``LEDGER_CIPHER_KEY``: base64 of 16, 24 or 32 random bytes). The projections
-    and every command reading events take the ledger's environment, so they decrypt with the
-    same key."""
+CIPHER_KEY_FILE = "cipher.key"
+"""The payload key the embedded setup generates in its data directory (like the person-key secret)."""
+
+PAYLOAD_KEY_REQUIRED = (
+    "payload encryption is required with an external NATS server: give the key "
+    "(LEDGER_CIPHER_KEY_FILE, or LEDGER_CIPHER_KEY), or refuse encryption explicitly with LEDGER_PAYLOAD_ENCRYPTION=off"
+)
+
+
+def cipher_settings(settings: Settings, *, embedded: bool | None = None) -> dict[str, str]:
+    """Payload encryption with the library's cipher (AES-GCM): the ``eventsourcing`` environment
+    for LEDGER's payloads (events and snapshots; the ingestion seals rejected originals with it).
+
+    With ``payload_encryption`` on (the default) the key is the file ``cipher_key_file``
+    (``--cipher-key-file`` or ``LEDGER_CIPHER_KEY_FILE``), else ``cipher_key``
+    (``LEDGER_CIPHER_KEY``: base64 of 16, 24 or 32 random bytes), else — with the embedded
+    server only (``embedded``, by default the settings') — ``DATA_DIR/cipher.key``, generated
+    (mode 0600) the first time; an external server without a key is refused. Off: no cipher, an
+    explicit choice that a configured key contradicts. The projections and every command reading
+    events take the ledger's environment, so they decrypt with the same key."""
     key = (settings.cipher_key or "").strip()
     if settings.cipher_key_file is not None:
         try:
-            key = settings.cipher_key_file.read_text().strip()
+            key = read_secret_file(settings.cipher_key_file, own=False, what="cipher key")
         except OSError as e:
             raise SystemExit(f"cipher key file {settings.cipher_key_file}: {e.strerror}") from None
-    if not key:
+    if settings.payload_encryption == "off":
+        if key:
+            raise SystemExit(
+                "LEDGER_PAYLOAD_ENCRYPTION=off, yet a payload key is given (LEDGER_CIPHER_KEY_FILE or LEDGER_CIPHER_KEY): "
+                "drop one or the other"
+            )
         # Said explicitly: the library would otherwise take CIPHER_KEY from the process environment.
         return {"CIPHER_TOPIC": "", "CIPHER_KEY": ""}
+    if not key:
+        if not (settings.embedded if embedded is None else embedded):
+            raise SystemExit(PAYLOAD_KEY_REQUIRED)
+        key = local_secret_file(settings.data_dir / CIPHER_KEY_FILE, new_payload_key, what="payload key")
     return {"CIPHER_TOPIC": "eventsourcing.cipher:AESCipher", "CIPHER_KEY": key}
+
+
+def new_payload_key() -> str:
+    """A new AES-256 key, as the cipher takes it (base64)."""
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def embedded_secrets(settings: Settings) -> dict[str, str]:
+    """The environment of a ``ledger serve`` pointed at the data directory's own nats-server
+    (``ledger demo``): the secrets the embedded setup keeps in DATA_DIR (generated the first
+    time), unless the settings give them."""
+    env = {"LEDGER_PERSON_KEY_SECRET": person_key_secret(settings, embedded=True)}
+    if settings.payload_encryption == "on" and not settings.cipher_key and settings.cipher_key_file is None:
+        cipher_settings(settings, embedded=True)
+        env["LEDGER_CIPHER_KEY_FILE"] = str((settings.data_dir / CIPHER_KEY_FILE).resolve())
+    return env
 
 
 def person_key_secret(settings: Settings, *, embedded: bool | None = None) -> str:
@@ -468,11 +548,9 @@ def person_key_secret(settings: Settings, *, embedded: bool | None = None) -> st
 
 
 def local_secret(path: Path) -> str:
-    """A development secret kept beside the embedded server's data (created once, mode 0600)."""
-    if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """A development secret kept beside the embedded server's data (created once, mode 0600 from
+    the start; refused if group or others may read it: ``ledger.secret_files``)."""
+    return local_secret_file(path, lambda: secrets.token_hex(32), what="person-key secret")
 
 
 async def ensure_ingest_streams(connection: Any, replicas: int = 1, limits: IntakeLimits | None = None) -> None:

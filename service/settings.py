@@ -36,6 +36,7 @@ class Settings:
     port: int = _setting("LEDGER_NATS_PORT", 0, "embedded server's port (0: a free one)", option="--port")
     cipher_key: str | None = _setting("LEDGER_CIPHER_KEY", None, "base64 AES key encrypting event payloads")
     cipher_key_file: Path | None = _setting("LEDGER_CIPHER_KEY_FILE", None, "file holding that key", option="--cipher-key-file")
+    payload_encryption: str = _setting("LEDGER_PAYLOAD_ENCRYPTION", "on", "on: LEDGER's payloads (events, snapshots, rejected originals) are encrypted with that key, else (embedded server only) with DATA_DIR/cipher.key, generated; an external server without a key is refused. off: stored in clear, an explicit choice", option="--payload-encryption")
     person_key_secret: str | None = _setting("LEDGER_PERSON_KEY_SECRET", None, "HMAC key of person keys; generated in DATA_DIR with the embedded server only")
     signing_key_file: Path | None = _setting("LEDGER_SIGNING_KEY_FILE", None, "ed25519 key signing checkpoints; default DATA_DIR/signing-key.pem (created)")
     checkpoint_seconds: float = _setting("LEDGER_CHECKPOINT_SECONDS", 60.0, "how often the writer signs a checkpoint")
@@ -75,6 +76,8 @@ class Settings:
             raise SystemExit(f"replicas must be 1, 3 or 5, not {self.replicas}")
         if self.lease_seconds <= 0 or self.checkpoint_seconds <= 0:
             raise SystemExit("LEDGER_LEASE_SECONDS and LEDGER_CHECKPOINT_SECONDS must be positive")
+        if self.payload_encryption not in ("on", "off"):
+            raise SystemExit(f"LEDGER_PAYLOAD_ENCRYPTION must be on or off, not {self.payload_encryption!r}")
         if self.unattributed not in ("accept", "refuse"):
             raise SystemExit(f"LEDGER_UNATTRIBUTED must be accept or refuse, not {self.unattributed!r}")
         if min(self.intake_max_bytes, self.intake_max_msg_size) < 1 or self.intake_max_age_days <= 0:

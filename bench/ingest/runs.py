@@ -34,6 +34,7 @@ import nats
 from bench.ingest.population import Message
 from consumers.streams import upstream_spec
 from ledger.jetstream.server import EmbeddedNatsServer
+from service.bootstrap import new_payload_key
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-ingest-person-key-secret-not-for-production"
@@ -294,7 +295,8 @@ def end_to_end(
     """``ledger serve`` consuming UPSTREAM while this process publishes every message."""
     serve_log = tmp / "serve.log"
     with nats_server(tmp / "nats-e2e", log, own) as server:
-        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET}
+        # Encrypted, as production's ledger serve is (an external server needs a key): a key of the run's own.
+        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": new_payload_key()}
         with child(serve_command(server.url, batch, tmp / "serve-data"), serve_log, env, own) as serve:
             try:
                 asyncio.run(wait_for_consumer(server.url, "UPSTREAM", SERVE_DURABLE, serve))

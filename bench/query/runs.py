@@ -40,6 +40,8 @@ from bench.query import population as pop
 from bench.query.load import cpu_seconds
 from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer
+from service.bootstrap import cipher_settings, new_payload_key
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-query-person-key-secret-not-for-production"
@@ -305,9 +307,10 @@ def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: 
         server_pid = server._process.pid
         log(f"recording {people:,} people through the Ledger (ledger.batch()) ...")
         started = time.perf_counter()
-        ledger = Ledger(
-            {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": server.url}, keyer=PersonKeyer(SECRET.encode())
-        )
+        # Encrypted, as production's ledger serve is: the people recorded with the key serve reads them with.
+        key = {"LEDGER_CIPHER_KEY": new_payload_key()}
+        store = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": server.url, **cipher_settings(Settings.read(key, nats_url=server.url))}
+        ledger = Ledger(store, keyer=PersonKeyer(SECRET.encode()))
         try:
             facts = pop.populate(ledger, population, log)
             events = ledger.recorder.max_notification_id() or 0
@@ -317,7 +320,7 @@ def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: 
         log(f"  {facts:,} facts, {events:,} events on LEDGER in {populate_s:.1f} s")
 
         serve_log = tmp / "serve.log"
-        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET}
+        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET, **key}
         with child(serve_command(server.url, tmp / "serve-data"), serve_log, env, own) as serve:
             try:
                 canned = first_answer(server.url, PROJECT_SUBJECT, probe, serve)

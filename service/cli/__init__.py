@@ -87,7 +87,16 @@ def _failed(prog: str, error: Exception) -> int:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    line = " ".join(text.split())
+    if "authorization violation" in line.lower():
+        line += f"; {NEEDS_CREDENTIALS}"
+    return line
+
+
+NEEDS_CREDENTIALS = (
+    "the server asks for credentials: give them with NATS_URL or --nats-url (nats://user:password@host:port); "
+    "DATA_DIR/serve.url names a running serve's server, never its credentials"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -151,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
         help="encrypt event payloads with the key in this file (base64 AES key; or LEDGER_CIPHER_KEY / "
         "LEDGER_CIPHER_KEY_FILE); every command reading the events needs the same key",
     )
+    serve.add_argument(
+        "--payload-encryption", choices=("on", "off"), default=None,
+        help="on (LEDGER_PAYLOAD_ENCRYPTION's default): encrypt with that key, else (embedded server only) with "
+        "DATA_DIR/cipher.key, generated; an external server needs a key. off: store payloads in clear",
+    )  # fmt: skip
     serve.add_argument(
         "--metrics-address", default=None, metavar="HOST:PORT",
         help="serve /metrics, /healthz and /readyz over HTTP there (LEDGER_METRICS_ADDRESS; port 0: a free one; default off)",

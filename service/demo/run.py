@@ -49,7 +49,7 @@ def prepare(data_dir: Path) -> None:
                 f"{data_dir} holds something that is not a demo (no {MARKER}): choose another --data-dir"
             )
         shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its secrets and a season's personal data
 
 
 def run_demo(
@@ -95,14 +95,17 @@ def _run(
     show_report: bool, stage: list[str],
 ) -> dict[str, Any]:  # fmt: skip
     from ledger.jetstream.server import EmbeddedNatsServer
-    from service.bootstrap import local_secret
+    from service.bootstrap import embedded_secrets
+    from service.settings import Settings
 
     progress = _Progress(quiet)
     stage[0] = "simulating"
     progress.say(f"simulating a season for {people:,} residents (seed {seed}) …")
     season = simulate(people, seed=seed, policy=policy)
-    secret = local_secret(data_dir / "person-key.secret")
-    keyer = PersonKeyer(secret.encode())
+    # The embedded setup's secrets (DATA_DIR/person-key.secret, DATA_DIR/cipher.key: payload
+    # encryption is on unless LEDGER_PAYLOAD_ENCRYPTION=off), for serve and for the report.
+    secrets = embedded_secrets(Settings.read(data_dir=data_dir))
+    keyer = PersonKeyer(secrets["LEDGER_PERSON_KEY_SECRET"].encode())
     stage[0] = "starting nats-server"
     server = EmbeddedNatsServer(data_dir / "nats", own_session=True)
     serve = None
@@ -110,7 +113,7 @@ def _run(
         server.start()
         progress.say(f"embedded nats-server: {server.url} (data in {server.data_dir})")
         stage[0] = "starting ledger serve"
-        serve = _start_serve(server.url, data_dir, secret)
+        serve = _start_serve(server.url, data_dir, secrets)
         _wait(lambda: (data_dir / "serve.url").exists() or serve.poll() is not None, 120, "ledger serve to start")
         if serve.poll() is not None:
             raise DemoError(f"ledger serve stopped at start: see {data_dir / 'serve.log'}")
@@ -147,9 +150,9 @@ def _stop(serve: subprocess.Popen[bytes] | None, server: Any) -> None:
         server.stop()
 
 
-def _start_serve(url: str, data_dir: Path, secret: str) -> subprocess.Popen[bytes]:
+def _start_serve(url: str, data_dir: Path, secrets: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - the child keeps it
-    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": secret}
+    env = {**os.environ, **secrets}
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--nats-url", url, "--data-dir", str(data_dir)],
         stdin=subprocess.DEVNULL,

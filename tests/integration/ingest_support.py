@@ -24,6 +24,9 @@ from ledger.application import Ledger
 from ledger.domain.identity import PersonKeyer, generate_id_number
 
 SECRET = "ingestion-tests-person-key-secret"
+CIPHER_KEY = "aW5nZXN0aW9uLXRlc3RzLXBheWxvYWQta2V5LTMyYiE="
+"""The tests' payload key (base64 of 32 bytes): ``ledger serve`` on a test-started nats-server
+encrypts with it, as production does (an external server needs a key, or encryption refused)."""
 ROOT = Path(__file__).resolve().parents[2]
 T0 = "2021-09-02T10:00:00+08:00"
 
@@ -123,10 +126,25 @@ async def rejections(url: str) -> list[Any]:
     return found
 
 
-def recorded_facts(url: str) -> Counter[tuple[str, str]]:
-    """(msg_id, event type) of every event in LEDGER, counted."""
+def payload_encryption(cipher_key: str | None) -> dict[str, str]:
+    """The settings of a ledger serve or command here: encrypted with ``cipher_key``, or (None)
+    encryption refused explicitly."""
+    return {"LEDGER_CIPHER_KEY": cipher_key} if cipher_key else {"LEDGER_PAYLOAD_ENCRYPTION": "off"}
+
+
+def cipher_env(cipher_key: str | None) -> dict[str, str]:
+    """The ledger environment that reads (or writes) what a serve with ``cipher_key`` wrote: the
+    same Settings ``ledger serve`` takes."""
+    from service.bootstrap import cipher_settings
+    from service.settings import Settings
+
+    return cipher_settings(Settings.read(payload_encryption(cipher_key), nats_url="nats://test-started"))
+
+
+def recorded_facts(url: str, cipher_key: str | None = None) -> Counter[tuple[str, str]]:
+    """(msg_id, event type) of every event in LEDGER, counted (written with ``cipher_key``, or in clear)."""
     ledger = Ledger(
-        {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url, "CREATE_TABLE": "no"},
+        {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url, "CREATE_TABLE": "no", **cipher_env(cipher_key)},
         keyer=PersonKeyer(SECRET.encode()),
     )
     try:
@@ -156,8 +174,8 @@ class Outcomes:
         )
 
 
-def outcomes(url: str) -> Outcomes:
-    facts = recorded_facts(url)
+def outcomes(url: str, cipher_key: str | None = None) -> Outcomes:
+    facts = recorded_facts(url, cipher_key)
     rejected = Counter(r.msg_id for r in asyncio.run(rejections(url)))
     return Outcomes(
         recorded={msg_id for msg_id, _ in facts},
@@ -167,10 +185,15 @@ def outcomes(url: str) -> Outcomes:
 
 
 class ServeProcess:
-    """``ledger serve --nats-url URL`` in a child process, to be stopped or killed."""
+    """``ledger serve --nats-url URL`` in a child process, to be stopped or killed. It encrypts
+    with ``cipher_key`` (the tests' key by default, as production encrypts), or — None — stores
+    payloads in clear, refused explicitly (for readers of the stored bytes: ``tests.trust.outcomes``)."""
 
-    def __init__(self, url: str, log_path: Path, batch_size: int = 200, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, url: str, log_path: Path, batch_size: int = 200, data_dir: Path | None = None, cipher_key: str | None = CIPHER_KEY
+    ) -> None:
         self.url = url
+        self.cipher_key = cipher_key
         self.log_path = log_path
         self.batch_size = batch_size
         self.data_dir = data_dir or log_path.parent / "data"
@@ -178,7 +201,8 @@ class ServeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServeProcess:
-        env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_CIPHER", "LEDGER_PAYLOAD"))}
+        env |= {"LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), **payload_encryption(self.cipher_key)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--nats-url", self.url, "--batch-size", str(self.batch_size),

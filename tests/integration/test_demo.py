@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ PEOPLE = 400
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``args`` as a user runs them, with the output captured at 80 columns (a pipe, a CI log)."""
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "LEDGER_PERSON_KEY_SECRET", "LEDGER_VIEWS")}
+    env = {k: v for k, v in env.items() if not k.startswith(("LEDGER_CIPHER", "LEDGER_PAYLOAD"))}  # the defaults
     return subprocess.run(
         args, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}, capture_output=True, text=True,
         timeout=timeout,
@@ -60,6 +62,9 @@ def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(
     assert _widest(demo.stdout) <= 80, "the report fits 80 columns"
     page = (tmp_path / "data/demo/report.html").read_text()
     assert page.count("<svg") == 2 and "Planted fraud" in page and "<script" not in page
+    # And it ran encrypted, with a payload key of the data directory's own, readable by its owner only
+    key_file = tmp_path / "data/demo/cipher.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600  # (the README's commands below read through it)
 
     # When the README's lines for after the demo run, unchanged, in that directory
     readme = (ROOT / "README.md").read_text()

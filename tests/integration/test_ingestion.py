@@ -19,6 +19,7 @@ from ledger.domain.identity import PersonKeyer
 from ledger.jetstream.server import EmbeddedNatsServer
 from service.bootstrap import ingestion
 from tests.integration.ingest_support import (
+    CIPHER_KEY,
     SECRET,
     T0,
     ServeProcess,
@@ -197,7 +198,7 @@ def test_a_consumer_killed_in_the_middle_of_5000_messages_loses_and_doubles_noth
     assert serve.stop() == 0
 
     assert 1000 <= done_at_kill < len(messages), "killed in the middle"
-    _assert_one_outcome_each(server.url, messages)
+    _assert_one_outcome_each(server.url, messages, cipher_key=CIPHER_KEY)
 
 
 def test_a_nats_server_restarted_in_the_middle_of_ingestion_loses_and_doubles_nothing(
@@ -215,7 +216,7 @@ def test_a_nats_server_restarted_in_the_middle_of_ingestion_loses_and_doubles_no
     wait_for(lambda: ingestion_finished(server.url, len(messages)), 180, "every message to be applied")
     assert serve.stop() == 0
 
-    _assert_one_outcome_each(server.url, messages)
+    _assert_one_outcome_each(server.url, messages, cipher_key=CIPHER_KEY)
 
 
 def test_one_person_paying_through_two_channels_at_once_ends_consistent(server: EmbeddedNatsServer) -> None:
@@ -276,8 +277,9 @@ def _acked(url: str) -> int:
     return 0 if "error" in info else info["ack_floor"]["stream_seq"]
 
 
-def _assert_one_outcome_each(url: str, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    result = outcomes(url)
+def _assert_one_outcome_each(url: str, messages: list[tuple[str, dict[str, Any]]], cipher_key: str | None = None) -> None:
+    """``cipher_key``: ``ledger serve``'s (ServeProcess); the in-process ledgers here store in clear."""
+    result = outcomes(url, cipher_key)
     kinds = {body["msg_id"]: result.of(body["msg_id"]) for _, body in messages}
     assert not result.doubled_events, f"events recorded twice: {result.doubled_events[:5]}"
     assert all(n == 1 for n in result.rejected.values()), "a message rejected twice"

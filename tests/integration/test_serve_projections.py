@@ -19,7 +19,16 @@ import nats
 
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.jetstream.server import EmbeddedNatsServer
-from tests.integration.ingest_support import ROOT, SECRET, ServeProcess, ingestion_finished, publish_all, season, wait_for
+from tests.integration.ingest_support import (
+    CIPHER_KEY,
+    ROOT,
+    SECRET,
+    ServeProcess,
+    ingestion_finished,
+    publish_all,
+    season,
+    wait_for,
+)
 
 PEOPLE = 20  # season(): every 10th pays the wrong amount (rejected as amount_mismatch)
 
@@ -28,7 +37,7 @@ def ledger_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
     run = subprocess.run(
         [sys.executable, "-m", "service.cli", "--log-level", "warning", *args],
         cwd=ROOT,
-        env={**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": CIPHER_KEY, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=timeout,

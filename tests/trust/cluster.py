@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.jetstream.server import EmbeddedNatsServer, free_port
-from tests.integration.ingest_support import ROOT, SECRET, recorded_facts, rejections
+from tests.integration.ingest_support import ROOT, SECRET, payload_encryption, recorded_facts, rejections
 
 HOST = "127.0.0.1"
 
@@ -453,7 +453,7 @@ class LedgerServe:
         self.started = 0
 
     def start(self) -> LedgerServe:
-        env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+        env = serve_env()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--nats-url", self.url, "--batch-size",
@@ -668,8 +668,10 @@ def views_caught_up(views: Path, ledger_seq: int, rejected_seq: int) -> bool:
 
 
 def serve_env() -> dict[str, str]:
-    """The environment of the ledger's commands in these tests."""
-    return {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+    """The environment of the ledger's commands in these tests: payload encryption refused
+    explicitly, since the outcomes are counted from the stored bytes (``tests.trust.outcomes``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_CIPHER", "LEDGER_PAYLOAD"))}
+    return {**env, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), **payload_encryption(None)}
 
 
 def replay_command(url: str, tmp_path: Path, name: str, data_dir: Path | None = None) -> list[str]:

@@ -37,7 +37,7 @@ from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.person import person_id
 from ledger.jetstream.datastore import StreamSpec
 from ledger.jetstream.server import _read_info, find_server_binary, free_port
-from tests.integration.ingest_support import SECRET, ServeProcess, ingestion_finished, wait_for
+from tests.integration.ingest_support import CIPHER_KEY, SECRET, ServeProcess, ingestion_finished, wait_for
 from tests.trust.tls_support import DevCerts, dev_certs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -510,7 +510,7 @@ async def _stream_info(server: DeployServer, stream: str) -> dict[str, Any]:
 
 def test_auditor_can_replay(deployed: DeployServer, tmp_path: Path) -> None:
     """``ledger replay`` as the auditor: read-only permissions are enough to rebuild the views."""
-    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": CIPHER_KEY, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "replay", "--nats-url", deployed.url("auditor"),
          "--data-dir", str(tmp_path), "--views", f"sqlite:///{tmp_path / 'audit.sqlite'}"],

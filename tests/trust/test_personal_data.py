@@ -1,19 +1,28 @@
 """Personal data: no raw ID number, name or phone number in any subject, header, log line or KV
-key after a demo-sized season; and payload encryption, switched on by configuration, end to end.
+key after a demo-sized season; with payload encryption (the default), in no stored message body
+but the senders' own messages; and the encryption end to end.
 
 The same synthetic season (``simulation.season.simulate``, 300 residents, the demo's seed) is run
-twice through the real ingestion (embedded nats-server, ``ledger serve`` in its own process with
-debug logging, coverage questions on ``coverage.query``):
+three times through the real ingestion (``ledger serve`` in its own process with debug logging,
+coverage questions on ``coverage.query``):
 
-- **plain**: then every subject of every stream, every header of LEDGER, REJECTED, COVERAGE, the
-  KV bucket and UPSTREAM, every line of ``serve.log``, of the nats-server log and of the CLI
-  commands, and every KV key are searched for every ID number, name and phone number of the season.
-  LEDGER payloads may hold names (the check that they do shows the search would find them);
-- **encrypted** (``ledger serve --cipher-key-file``, the library's AES-GCM cipher): the same
-  searches, and LEDGER payloads hold none of it in clear; the views (``ledger report``, ``ledger
-  audit``), ``coverage.query`` (from the projection and, with ``as_of``, from the event store) and
-  ``ledger coverage`` give the same answers as the plain run, and nothing reads the events without
-  the key.
+- **plain** (a test-started nats-server, encryption refused explicitly:
+  ``LEDGER_PAYLOAD_ENCRYPTION=off``): every subject of every stream, every header of every stream,
+  every line of ``serve.log``, of the nats-server log and of the CLI commands, and every KV key are
+  searched for every ID number, name and phone number of the season. LEDGER payloads hold names
+  (the check that they do shows the search would find them);
+- **encrypted** (a test-started nats-server, ``ledger serve --cipher-key-file``, the library's
+  AES-GCM cipher): the same searches, and LEDGER payloads hold none of it in clear; the views
+  (``ledger report``, ``ledger audit``), ``coverage.query`` (from the projection and, with
+  ``as_of``, from the event store) and ``ledger coverage`` give the same answers as the plain run,
+  and nothing reads the events without the key;
+- **default** (``ledger serve --data-dir D`` and nothing else about encryption: its embedded
+  nats-server, the payload key it generates in D): the same searches, and every body of every
+  stream — LEDGER (events, rejections, parkings, tracking records), REJECTED and each sender's
+  share of it, COVERAGE, the KV buckets, the checkpoints, the snapshots — holds no ID number, name
+  or phone number, also inside a rejection's base64 ``payload``. Only the streams of the senders'
+  own messages (UPSTREAM and the intakes ``UPSTREAM_<SENDER>``) hold them, as sent: the
+  nats-server's encryption at rest protects those (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,38 +124,46 @@ class SeasonRun:
         return result
 
 
-def run_season(directory: Path, *, cipher_key_file: Path | None = None) -> SeasonRun:
+def run_season(directory: Path, *, cipher_key_file: Path | None = None, embedded: bool = False) -> SeasonRun:
     """Publish the season, wait for every outcome and view, ask coverage.query, stop ``serve``;
-    the nats-server stays up for the searches."""
-    server = EmbeddedNatsServer(directory / "nats").start()
-    env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), "LEDGER_LOG_LEVEL": "debug"}
-    env.pop("LEDGER_CIPHER_KEY", None)
-    env.pop("LEDGER_CIPHER_KEY_FILE", None)
-    run = SeasonRun(directory, server, env)
-    command = [sys.executable, "-m", "service.cli", "serve", "--nats-url", server.url, "--data-dir", str(directory)]
-    if cipher_key_file is not None:
-        command += ["--cipher-key-file", str(cipher_key_file)]
-        run.env = {**env, "LEDGER_CIPHER_KEY_FILE": str(cipher_key_file)}  # for the other commands
+    the nats-server stays up for the searches (``embedded``: serve's own server, started again on
+    its data once serve has stopped). A test-started server: a cipher key file, or encryption
+    refused explicitly (``LEDGER_PAYLOAD_ENCRYPTION=off``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_CIPHER", "LEDGER_PAYLOAD", "NATS_URL"))}
+    env |= {"LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), "LEDGER_LOG_LEVEL": "debug"}
+    command = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(directory)]
+    server = None
+    if not embedded:
+        server = EmbeddedNatsServer(directory / "nats").start()
+        command += ["--nats-url", server.url]
+        if cipher_key_file is not None:
+            command += ["--cipher-key-file", str(cipher_key_file)]
+            env["LEDGER_CIPHER_KEY_FILE"] = str(cipher_key_file)  # for the other commands
+        else:
+            env["LEDGER_PAYLOAD_ENCRYPTION"] = "off"
     with open(directory / "serve.log", "ab") as log:
         serve = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         wait_for(lambda: (directory / "serve.url").exists() or serve.poll() is not None, 60, "ledger serve")
         assert serve.poll() is None, (directory / "serve.log").read_text()[-3000:]
-        asyncio.run(_publish(server.url, season()))
-        upstream_end = _last_seq(server.url, "UPSTREAM")
-        wait_for(lambda: ingestion_finished(server.url, upstream_end) or serve.poll() is not None, 60, "the ingestion")
-        ledger_end = last_event_seq(server.url)  # tracking records and rejections follow the events
-        asyncio.run(wait_for_rejected(server.url))
-        rejected_end = _last_seq(server.url, "REJECTED")
+        url = server.url if server is not None else (directory / "serve.url").read_text()
+        asyncio.run(_publish(url, season()))
+        upstream_end = _last_seq(url, "UPSTREAM")
+        wait_for(lambda: ingestion_finished(url, upstream_end) or serve.poll() is not None, 60, "the ingestion")
+        ledger_end = last_event_seq(url)  # tracking records and rejections follow the events
+        asyncio.run(wait_for_rejected(url))
+        rejected_end = _last_seq(url, "REJECTED")
         wait_for(lambda: _views_at(directory, ledger_end, rejected_end) or serve.poll() is not None, 60, "the views")
         assert serve.poll() is None, (directory / "serve.log").read_text()[-3000:]
-        run.answers = asyncio.run(_ask(server.url))
+        answers = asyncio.run(_ask(url))
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             serve.wait(60)
     assert serve.returncode == 0, (directory / "serve.log").read_text()[-3000:]
-    return run
+    if server is None:
+        server = EmbeddedNatsServer(directory / "nats").start()  # serve's own, on its data, for the searches
+    return SeasonRun(directory, server, env, answers=answers)
 
 
 async def _publish(url: str, season: Season) -> None:
@@ -205,6 +223,13 @@ async def _ask(url: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeasonRun]:
     run = run_season(tmp_path_factory.mktemp("plain"))
+    yield run
+    run.server.stop()
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeasonRun]:
+    run = run_season(tmp_path_factory.mktemp("default"), embedded=True)
     yield run
     run.server.stop()
 
@@ -306,7 +331,7 @@ def _searched(run_name: str, what: str, count: int) -> None:
 # ---- the searches --------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["plain", "encrypted"])
+@pytest.fixture(params=["plain", "encrypted", "default"])
 def run(request: pytest.FixtureRequest) -> SeasonRun:
     return request.getfixturevalue(request.param)
 
@@ -317,7 +342,7 @@ def test_no_personal_data_in_subjects(run: SeasonRun, request: pytest.FixtureReq
     total = 0
     for stream in streams:
         subjects = subjects_of(run.url, stream)
-        assert subjects, stream
+        assert subjects or stream not in ("LEDGER", "UPSTREAM", "REJECTED", "COVERAGE", "KV_coverage"), stream
         total += len(subjects)
         found = [(s, leaks(s)) for s in subjects if leaks(s)]
         assert not found, (stream, found[:5])
@@ -456,6 +481,80 @@ def test_encrypted_events_need_the_key(encrypted: SeasonRun, plain: SeasonRun) -
     without_key = {k: v for k, v in encrypted.env.items() if not k.startswith("LEDGER_CIPHER")}
     refused = coverage(encrypted, env=without_key, check=False)
     assert refused.returncode != 0 and not refused.stdout.strip(), refused.stdout
+    assert "payload encryption is required" in refused.stderr, refused.stderr
+    # Read as if in clear (encryption refused), the sealed events cannot be read at all
+    unreadable = coverage(encrypted, env={**without_key, "LEDGER_PAYLOAD_ENCRYPTION": "off"}, check=False)
+    assert unreadable.returncode != 0 and not unreadable.stdout.strip(), unreadable.stdout
+
+
+# ---- every stored body, with encryption on ------------------------------------------------------
+
+
+RAW_STREAMS = ("UPSTREAM",)
+"""The senders' own messages, as sent: UPSTREAM and each sender's intake (``UPSTREAM_<SENDER>``)."""
+
+
+def is_raw(stream: str) -> bool:
+    return stream in RAW_STREAMS or stream.startswith("UPSTREAM_")
+
+
+def body_leaks(data: bytes) -> list[str]:
+    """Personal data in a stored body, also inside a base64 ``payload`` (a rejection's original)."""
+    found = byte_leaks(data)
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return found
+    if isinstance(body, dict) and isinstance(body.get("payload"), str):
+        found += byte_leaks(base64.b64decode(body["payload"]))
+    return found
+
+
+@pytest.fixture(params=["encrypted", "default"])
+def sealed(request: pytest.FixtureRequest) -> SeasonRun:
+    return request.getfixturevalue(request.param)
+
+
+def test_with_encryption_no_stored_body_holds_personal_data_but_the_senders_own(
+    sealed: SeasonRun, request: pytest.FixtureRequest
+) -> None:
+    streams = stream_names(sealed.url)
+    assert {"LEDGER", "REJECTED", "COVERAGE", "KV_coverage", "LEDGER_CHECKPOINTS"} <= set(streams), streams
+    searched: dict[str, int] = {}
+    for stream in streams:
+        if is_raw(stream):
+            continue
+        messages = messages_of(sealed.url, stream)
+        searched[stream] = len(messages)
+        found = [(m.subject, body_leaks(m.data)) for m in messages if body_leaks(m.data)]
+        assert not found, (stream, found[:5])
+    # Every kind of LEDGER message was there to search, rejections with their sealed originals
+    ledger = messages_of(sealed.url, "LEDGER")
+    kinds = {m.subject.split(".")[1] for m in ledger}
+    assert {"evt", "rej", "trk"} <= kinds, kinds
+    rejections = [json.loads(m.data) for m in ledger if m.subject.startswith("ledger.rej.")]
+    assert rejections and all(r["payload_encrypted"] and r["payload"] for r in rejections)
+    assert searched["REJECTED"] == len(rejections) and searched["COVERAGE"] > PEOPLE // 2
+    # While the senders' own messages hold them as sent (the search finds what is there)
+    raw = [s for s in streams if is_raw(s)]
+    assert "UPSTREAM" in raw
+    assert sum(1 for m in messages_of(sealed.url, "UPSTREAM") if byte_leaks(m.data)) >= PEOPLE // 2
+    _searched(request.node.callspec.id, "bodies", sum(searched.values()))
+
+
+def test_plain_rejections_keep_the_original_in_clear(plain: SeasonRun) -> None:
+    """Encryption refused, a rejection's payload is the original bytes (the search above would see them)."""
+    rejections = [json.loads(m.data) for m in messages_of(plain.url, "REJECTED")]
+    assert rejections and not any(r["payload_encrypted"] for r in rejections)
+    assert any(body_leaks(json.dumps(r).encode()) for r in rejections)
+
+
+def test_default_serve_generated_its_key_and_reads_through_it(default: SeasonRun, plain: SeasonRun) -> None:
+    """The embedded default: a payload key of its own in DATA_DIR (0600), the same answers."""
+    key_file = default.directory / "cipher.key"
+    assert key_file.exists() and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert not any(_is_json(e.data) for e in _events(default)) and len(_events(default)) == len(_events(plain))
+    assert default.answers == plain.answers
 
 
 def test_report_figures(request: pytest.FixtureRequest) -> None:

@@ -61,12 +61,12 @@ def test_given_a_cipher_key_file_then_its_key_is_used_and_an_unreadable_one_is_o
     assert cipher_settings(Settings.read({"LEDGER_CIPHER_KEY": "other"}, cipher_key_file=key_file))["CIPHER_KEY"] == (
         "c2l4dGVlbiBieXRlcyBrZXk="
     )
-    assert not cipher_settings(Settings.read({})).get("CIPHER_KEY")
+    assert not cipher_settings(Settings.read({"LEDGER_PAYLOAD_ENCRYPTION": "off"})).get("CIPHER_KEY")
     with pytest.raises(SystemExit, match="cipher key file"):
         cipher_settings(Settings.read({}, cipher_key_file=tmp_path / "missing.key"))
 
 
 def test_given_an_external_server_without_a_person_key_secret_then_the_ledger_is_not_built(tmp_path: Path) -> None:
-    settings = Settings.read({}, data_dir=tmp_path, nats_url="nats://127.0.0.1:1")
+    settings = Settings.read({"LEDGER_CIPHER_KEY": "c2l4dGVlbiBieXRlcyBrZXk="}, data_dir=tmp_path, nats_url="nats://127.0.0.1:1")
     with pytest.raises(SystemExit, match="LEDGER_PERSON_KEY_SECRET"):
         ledger_for(settings, "nats://127.0.0.1:1")
