@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.read(
         nats_url=args.nats_url, data_dir=args.data_dir, views_url=args.views, policy_file=args.policy,
         batch_size=args.batch_size, replicas=args.replicas, sync_interval=args.sync_interval, port=args.port,
-        cipher_key_file=args.cipher_key_file, metrics_address=args.metrics_address,
+        cipher_key_file=args.cipher_key_file, metrics_address=args.metrics_address, signing_key_file=args.signing_key_file,
         payload_encryption=args.payload_encryption,
     )  # fmt: skip
     return asyncio.run(serve(settings))
@@ -145,10 +146,11 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         url = settings.nats_url
         if not url:
             url = await stack.enter_async_context(embedded_server(settings))
-        ledger = await asyncio.to_thread(ledger_for, settings, url)
+        signing_key = signing_key_file(settings)
+        ledger = await asyncio.to_thread(functools.partial(ledger_for, settings, url, signing_key=signing_key))
         stack.push_async_callback(asyncio.to_thread, ledger.close)
         observed.watch(ledger=ledger)
-        checkpoints = start_checkpoints(ledger, settings)
+        checkpoints = start_checkpoints(ledger, settings, signing_key)
         roles: list[str] = []
         # A writer that stops signs a last checkpoint, once its ingestion and broker have stopped.
         stack.push_async_callback(_last_checkpoint, roles, checkpoints)
@@ -383,14 +385,50 @@ def start_projections(ledger: Ledger, url: str, views_url: str, replicas: int = 
     )  # fmt: skip
 
 
-def start_checkpoints(ledger: Ledger, settings: Settings) -> Checkpointer:
-    """Signed checkpoints of LEDGER (tamper evidence), with the key of ``signing_key_file`` or,
-    by default, DATA_DIR/signing-key.pem (created once; its public half beside it)."""
-    from ledger.jetstream.evidence import Checkpointer, SigningKey
+def start_checkpoints(ledger: Ledger, settings: Settings, key_file: Path | None = None) -> Checkpointer:
+    """Signed checkpoints of LEDGER (tamper evidence), with the ledger's signing key (the one in
+    ``key_file``, default ``signing_key_file(settings)``)."""
+    from ledger.jetstream.evidence import Checkpointer
+    from ledger.jetstream.signing import SigningKey
 
-    key = SigningKey.local(settings.signing_key_file or settings.data_dir / "signing-key.pem")
-    log.info("event=checkpoints key_id=%s", key.key_id())
+    key = SigningKey.load(key_file or signing_key_file(settings))
     return Checkpointer(ledger.recorder.datastore, key, replicas=settings.replicas)  # type: ignore[attr-defined]  # the JetStream recorder's
+
+
+DEV_SIGNING_KEY = "signing-key.pem"
+"""The development signing key in DATA_DIR, when LEDGER_SIGNING_KEY_FILE names none."""
+
+
+def signing_key_file(settings: Settings) -> Path:
+    """The file of the ledger's signing key: ``signing_key_file`` (it must exist: ``ledger keys
+    generate FILE`` makes one), else DATA_DIR/signing-key.pem, created once (mode 0600): the
+    development arrangement, beside the embedded server's data. When ``trust_key_file`` is set,
+    the key must be the one pinned there: serve refuses to sign with any other."""
+    from ledger.jetstream.signing import PublicKey, SigningKey
+
+    path = settings.signing_key_file
+    try:
+        if path is None:
+            path = settings.data_dir / DEV_SIGNING_KEY
+            key = SigningKey.local(path)
+            log.log(
+                logging.INFO if settings.embedded else logging.WARNING,
+                "event=signing_key key_id=%s file=%s: the development arrangement (a key in DATA_DIR); "
+                "production names its own with LEDGER_SIGNING_KEY_FILE", key.key_id, path,
+            )  # fmt: skip
+        else:
+            key = SigningKey.load(path)
+            log.info("event=signing_key key_id=%s file=%s", key.key_id, path)
+        if settings.trust_key_file is not None and PublicKey.load(settings.trust_key_file).key_id != key.key_id:
+            raise SystemExit(
+                f"the signing key {path} (key id {key.key_id}) is not the pinned key {settings.trust_key_file} "
+                f"(key id {PublicKey.load(settings.trust_key_file).key_id}): everything it signed would fail ledger verify"
+            )
+    except OSError as e:
+        raise SystemExit(f"signing key: {e.filename or path}: {e.strerror}") from None
+    except ValueError as e:
+        raise SystemExit(f"signing key: {e}") from None
+    return path
 
 
 def _checkpoint(checkpoints: Checkpointer) -> None:
@@ -426,14 +464,20 @@ def _with_userinfo(url: str, userinfo: Callable[[str, str], str]) -> str:
     return urlunsplit(parts._replace(netloc=userinfo(user, password) + host))
 
 
-def ledger_for(settings: Settings, url: str, *, cache: bool = True, embedded: bool | None = None) -> Ledger:
+def ledger_for(
+    settings: Settings, url: str, *, cache: bool = True, embedded: bool | None = None, signing_key: Path | None = None
+) -> Ledger:
     """The Ledger on the JetStream store at ``url``, with the region's policy. ``cache``: the
-    ingestion's (one process writes: keep persons in memory, trust them, check on save)."""
+    ingestion's (one process writes: keep persons in memory, trust them, check on save).
+    ``signing_key``: the file of the key every save is signed with (``serve``: every process
+    that may write); none: a reader, which signs nothing and never reads the key."""
     from ledger.application import PERSON_KEY_SECRET, Ledger
     from ledger.domain.identity import PersonKeyer
     from ledger.domain.policy import DEFAULT_POLICY, load_policy
 
     env = {"PERSISTENCE_MODULE": "ledger.jetstream", "NATS_URL": url, **settings.ledger_env()}
+    # Said explicitly either way: the library would otherwise take it from the process environment.
+    env["LEDGER_SIGNING_KEY_FILE"] = str(signing_key) if signing_key is not None else ""
     if cache:
         env.update({
             "AGGREGATE_CACHE_MAXSIZE": str(settings.cache_size),

@@ -38,8 +38,10 @@ class Settings:
     cipher_key_file: Path | None = _setting("LEDGER_CIPHER_KEY_FILE", None, "file holding that key", option="--cipher-key-file")
     payload_encryption: str = _setting("LEDGER_PAYLOAD_ENCRYPTION", "on", "on: LEDGER's payloads (events, snapshots, rejected originals) are encrypted with that key, else (embedded server only) with DATA_DIR/cipher.key, generated; an external server without a key is refused. off: stored in clear, an explicit choice", option="--payload-encryption")
     person_key_secret: str | None = _setting("LEDGER_PERSON_KEY_SECRET", None, "HMAC key of person keys; generated in DATA_DIR with the embedded server only")
-    signing_key_file: Path | None = _setting("LEDGER_SIGNING_KEY_FILE", None, "ed25519 key signing checkpoints; default DATA_DIR/signing-key.pem (created)")
+    signing_key_file: Path | None = _setting("LEDGER_SIGNING_KEY_FILE", None, "ed25519 private key (PEM, mode 0600) signing every write to LEDGER and every checkpoint, read by serve, never published (`ledger keys generate FILE` makes one); default DATA_DIR/signing-key.pem, created: the development arrangement", option="--signing-key-file")
     checkpoint_seconds: float = _setting("LEDGER_CHECKPOINT_SECONDS", 60.0, "how often the writer signs a checkpoint")
+    trust_key_file: Path | None = _setting("LEDGER_TRUST_KEY_FILE", None, "`ledger verify`'s pinned public key (its --trust-key; `ledger keys public` prints it): kept outside DATA_DIR; serve refuses a signing key that is not this one")
+    verify_stale_intervals: float = _setting("LEDGER_VERIFY_STALE_INTERVALS", 3.0, "`ledger verify` fails when a message has waited more than this many checkpoint intervals for a checkpoint (its --stale-after; 0: every message must be covered)")
     cache_size: int = _setting("LEDGER_CACHE_SIZE", 200_000, "persons the ingestion keeps in memory")
     lease_seconds: float = _setting("LEDGER_LEASE_SECONDS", 5.0, "the writer lease's TTL: a standby takes over this long after the writer stops renewing")
     ledger_stream: str = _setting("NATS_STREAM", LEDGER_STREAM, "the ledger's stream")
@@ -76,6 +78,8 @@ class Settings:
             raise SystemExit(f"replicas must be 1, 3 or 5, not {self.replicas}")
         if self.lease_seconds <= 0 or self.checkpoint_seconds <= 0:
             raise SystemExit("LEDGER_LEASE_SECONDS and LEDGER_CHECKPOINT_SECONDS must be positive")
+        if self.verify_stale_intervals < 0:
+            raise SystemExit(f"LEDGER_VERIFY_STALE_INTERVALS must be 0 or more, not {self.verify_stale_intervals}")
         if self.payload_encryption not in ("on", "off"):
             raise SystemExit(f"LEDGER_PAYLOAD_ENCRYPTION must be on or off, not {self.payload_encryption!r}")
         if self.unattributed not in ("accept", "refuse"):

@@ -9,6 +9,9 @@ Layout of the LEDGER stream (``architecture.md``, decision 1):
 - ``<prefix>.trk.<application>``: tracking records (``Ledger-Tracking-Id``), written in the same
   atomic batch as the events they accompany.
 
+Every save (an append or a claim) is signed with the ledger's key when the datastore has one:
+the last message of the save carries the signature over all of them (``signing``).
+
 Each aggregate's versions strictly increase along its subject. An append expects, on the first
 message for each subject, the subject's last sequence (``Nats-Expected-Last-Subject-Sequence``),
 which the datastore remembers from earlier reads and writes; a wrong guess costs one refresh, a
@@ -51,6 +54,7 @@ from ledger.jetstream.client import (
     OutgoingMessage,
     StoredMessage,
 )
+from ledger.jetstream.signing import SigningKey, sign_save
 
 T = TypeVar("T")
 
@@ -323,6 +327,7 @@ class JetStreamDatastore:
         replicas: int = 1,
         duplicate_window_s: float = 120.0,
         follower: str | None = None,
+        signer: SigningKey | None = None,
     ) -> None:
         if not _TOKENS.fullmatch(subject_prefix):
             raise ValueError(f"subject prefix {subject_prefix!r} is not a valid NATS subject")
@@ -339,6 +344,9 @@ class JetStreamDatastore:
         self.follower = follower
         """The application these recorders belong to: tracking subjects name it beside the
         application followed, so two followers of one upstream never share a subject."""
+        self.signer = signer
+        """The ledger's signing key: every save is signed with it (``signing``); None: unsigned
+        (tests, tools, readers — ``ledger verify`` reports what such a store wrote)."""
         self._last: dict[str, _Last] = {}
         self._last_lock = threading.Lock()
         self._own_nonces: dict[str, deque[str]] = {}
@@ -602,7 +610,7 @@ class JetStreamDatastore:
             }
             self._sent(fence.subject, nonce)
             try:
-                seqs = self.client.append([OutgoingMessage(fence.subject, body, headers)], frozenset({fence.subject}))
+                seqs = self.client.append(self._signed([OutgoingMessage(fence.subject, body, headers)]), frozenset({fence.subject}))
             except AppendRejectedError as e:
                 if e.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_BATCH, BATCH_DUPLICATE_MSG_ID):
                     continue
@@ -689,7 +697,11 @@ class JetStreamDatastore:
                 headers = {**headers, PREV_HASH: previous, HASH: own}
                 chain[subject] = plan.hashes[i] = own
             messages.append(OutgoingMessage(subject, data, headers))
-        return messages
+        return self._signed(messages)
+
+    def _signed(self, messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
+        """One save's messages, signed on the last with the ledger's key (when it has one)."""
+        return sign_save(self.signer, messages) if self.signer is not None else messages
 
     def _refresh_plan(self, stream: str, plan: _Plan) -> None:
         for subject in plan.first_index:

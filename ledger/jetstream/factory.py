@@ -16,11 +16,13 @@ Settings (environment, optionally prefixed with the application's name, as the l
 | ``NATS_MAX_BATCH`` | ``1000`` | most messages gathered into one atomic batch (group commit) |
 | ``ORIGINATOR_ID_TYPE`` | ``uuid`` | ``text`` allows ids like ``person.<key>`` (subject tokens) |
 | ``CREATE_TABLE`` | ``yes`` | create missing streams (existing ones are always checked) |
+| ``LEDGER_SIGNING_KEY_FILE`` | (none) | ed25519 private key (PEM) signing every save (``signing``); none: unsigned |
 | ``TRANSCODER_TOPIC`` | msgspec | the library's setting; by default ``MsgspecTranscoder`` |
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, TypeVar, cast
 
 from eventsourcing.persistence import InfrastructureFactory, OperationalError, Transcoder
@@ -34,6 +36,7 @@ from ledger.jetstream.recorders import (
     JetStreamProcessRecorder,
     JetStreamTrackingRecorder,
 )
+from ledger.jetstream.signing import SigningKey
 from ledger.jetstream.transcoder import MsgspecTranscoder, register_default_transcodings
 
 R = TypeVar("R", JetStreamApplicationRecorder, JetStreamTrackingRecorder, JetStreamProcessRecorder)
@@ -52,6 +55,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     NATS_MAX_BATCH = "NATS_MAX_BATCH"
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
     CREATE_TABLE = "CREATE_TABLE"
+    LEDGER_SIGNING_KEY_FILE = "LEDGER_SIGNING_KEY_FILE"
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
@@ -63,6 +67,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         if id_type not in ("uuid", "text"):
             raise OSError(f"Invalid {self.ORIGINATOR_ID_TYPE} {id_type!r}, must be 'uuid' or 'text'")
         timeout = self._number(self.NATS_TIMEOUT, 5.0)
+        signer = self._signing_key()
         try:
             client = NatsClient.shared(
                 url,
@@ -81,7 +86,19 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
             duplicate_window_s=self._number(self.NATS_DUPLICATE_WINDOW, 120.0),
             # Tracking subjects name the follower (this application) beside what it follows.
             follower=self.env.name or None,
+            signer=signer,
         )
+
+    def _signing_key(self) -> SigningKey | None:
+        path = (self.env.get(self.LEDGER_SIGNING_KEY_FILE) or "").strip()
+        if not path:
+            return None
+        try:
+            return SigningKey.load(Path(path))
+        except OSError as e:
+            raise OSError(f"{self.LEDGER_SIGNING_KEY_FILE}={path}: {e.strerror}") from None
+        except ValueError as e:
+            raise OSError(str(e)) from None
 
     def _number(self, key: str, default: float) -> float:
         value = (self.env.get(key) or "").strip()

@@ -6,7 +6,8 @@
     ledger audit ID_NUMBER                                               a person's history and flags
     ledger report [--district D] [--year Y]                              districts, funds, cash, flags
     ledger replay [--until T] [--views URL]                              rebuild every view afresh
-    ledger verify [--public-key PEM]                                     hash chains and checkpoints
+    ledger verify --trust-key PEM [--stale-after N]                      signatures, hash chains, checkpoints
+    ledger keys generate FILE | public                                   the signing key, its public half
     ledger demo [--people N] [--report FILE]                             a Hefei season end to end
     ledger asyncapi [--output FILE]                                      the AsyncAPI document
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from service.bootstrap import _serve
+from service.cli.keys import _keys_generate, _keys_public
 from service.cli.publish import _publish
 from service.cli.read import _audit, _coverage, _replay, _report, _verify
 from service.cli.status import _parked_list, _parked_retry, _status
@@ -161,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
         "LEDGER_CIPHER_KEY_FILE); every command reading the events needs the same key",
     )
     serve.add_argument(
+        "--signing-key-file", type=Path, default=None, metavar="PEM",
+        help="the ed25519 key signing every write and checkpoint (LEDGER_SIGNING_KEY_FILE; `ledger keys generate FILE`); "
+        "default DATA_DIR/signing-key.pem, created: development only",
+    )  # fmt: skip
+    serve.add_argument(
         "--payload-encryption", choices=("on", "off"), default=None,
         help="on (LEDGER_PAYLOAD_ENCRYPTION's default): encrypt with that key, else (embedded server only) with "
         "DATA_DIR/cipher.key, generated; an external server needs a key. off: store payloads in clear",
@@ -251,17 +258,51 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser(
         "verify",
-        help="recompute the ledger's hash chains and signed checkpoints; report the first inconsistency",
-        description="Reads LEDGER and its checkpoints, recomputes every event's hash chain and every "
-        "checkpoint digest, checks the signatures, and reports the first inconsistency. Exit 0: intact; 1: not.",
+        help="check every message's signature, the hash chains and the signed checkpoints against a pinned key",
+        description="Reads LEDGER and its checkpoints and checks, against the public key(s) you pin with "
+        "--trust-key (never a key the streams or DATA_DIR offer): that every message is covered by a signature "
+        "of the ledger, every event's hash chain, every checkpoint's digest and signature, and that checkpoints "
+        "are there and recent. Reports every finding with its stream sequence. Exit 0: intact; 1: not. "
+        "docs/threat-model.md says what it proves and what it cannot.",
     )
     verify.add_argument(
-        "--public-key", type=Path, action="append", default=None,
-        help="a trusted signing key (PEM; repeatable); default DATA_DIR/signing-key.pem.pub if present",
+        "--trust-key", "--public-key", dest="trust_key", type=Path, action="append", default=None, metavar="PEM",
+        help="the ledger's public key, pinned (repeatable, for a rotated key; LEDGER_TRUST_KEY_FILE): keep it outside "
+        "DATA_DIR; `ledger keys public` prints it",
     )  # fmt: skip
+    verify.add_argument(
+        "--stale-after", type=float, default=env.verify_stale_intervals, metavar="INTERVALS",
+        help="fail when a message has waited more than this many checkpoint intervals (LEDGER_CHECKPOINT_SECONDS) for a "
+        f"checkpoint (LEDGER_VERIFY_STALE_INTERVALS; default {env.verify_stale_intervals:g}; 0: every message covered)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--known-checkpoint", default=None, metavar="SEQ:DIGEST",
+        help="a checkpoint verified before (last_checkpoint_seq:last_checkpoint_digest of --format json), kept outside "
+        "NATS: fail if the stream no longer reaches it with that digest (rolled back or rewritten)",
+    )  # fmt: skip
+    verify.set_defaults(trust_key_default=env.trust_key_file, checkpoint_seconds=env.checkpoint_seconds)
     _store_options(env, verify)
     _format_option(verify)
     verify.set_defaults(run=_verify)
+
+    keys = commands.add_parser(
+        "keys",
+        help="the ledger's signing key: make one, or print its public half to pin",
+        description="`generate FILE` makes a new ed25519 signing key (mode 0600; never over an existing file) for "
+        "LEDGER_SIGNING_KEY_FILE and prints its public key; `public` prints the public key of the ledger's signing "
+        "key (LEDGER_SIGNING_KEY_FILE, else DATA_DIR/signing-key.pem) for `ledger verify --trust-key`.",
+    )
+    keys_commands = keys.add_subparsers(required=True, metavar="ACTION")
+    keys_generate = keys_commands.add_parser("generate", help="a new signing key in FILE; its public key on stdout")
+    keys_generate.add_argument("file", type=Path, metavar="FILE")
+    keys_generate.set_defaults(run=_keys_generate)
+    keys_public = keys_commands.add_parser("public", help="the public key (PEM) of the ledger's signing key, on stdout")
+    keys_public.add_argument(
+        "--signing-key-file", type=Path, default=env.signing_key_file, metavar="PEM",
+        help="the signing key (LEDGER_SIGNING_KEY_FILE; default DATA_DIR/signing-key.pem)",
+    )  # fmt: skip
+    _data_dir_option(env, keys_public)
+    keys_public.set_defaults(run=_keys_public)
 
     status = commands.add_parser(
         "status",

@@ -319,36 +319,75 @@ def _replay(args: argparse.Namespace) -> int:
 # ---- verify --------------------------------------------------------------------------------------
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from ledger.jetstream.evidence import key_id, verify
+def _pinned_keys(args: argparse.Namespace) -> tuple[list[Path], list[Any]]:
+    """The public keys ``verify`` trusts: ``--trust-key`` (else ``LEDGER_TRUST_KEY_FILE``), never
+    a key the streams or the data directory offer."""
+    from ledger.jetstream.signing import PublicKey
 
-    keys = args.public_key or [p for p in [args.data_dir / "signing-key.pem.pub"] if p.exists()]
-    trusted = {key_id(p.read_text()) for p in keys} if keys else None
-    store = _Store(args)
+    paths: list[Path] = args.trust_key or ([args.trust_key_default] if args.trust_key_default else [])
+    if not paths:
+        raise SystemExit(
+            "no pinned public key: give --trust-key FILE (LEDGER_TRUST_KEY_FILE), the ledger's public key kept outside "
+            "its data directory (`ledger keys public` prints it)"
+        )
+    trusted = []
+    for path in paths:
+        try:
+            trusted.append(PublicKey.load(path))
+        except OSError as e:
+            raise SystemExit(f"--trust-key {path}: {e.strerror}") from None
+        except ValueError as e:
+            raise SystemExit(f"--trust-key {e}") from None
+        if path.resolve().is_relative_to(args.data_dir.resolve()):
+            say(f"note: the pinned key {path} lies in the ledger's data directory: whoever can write there can "
+                "replace it; keep it elsewhere", err=True)  # fmt: skip
+    return paths, trusted
+
+
+def _known_checkpoint(args: argparse.Namespace) -> tuple[int, str] | None:
+    if not args.known_checkpoint:
+        return None
+    seq, _, digest = args.known_checkpoint.partition(":")
+    if not (seq.isdigit() and len(digest) == 64):
+        raise SystemExit(f"--known-checkpoint {args.known_checkpoint!r}: SEQ:DIGEST, as verify's JSON gives them")
+    return int(seq), digest
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ledger.jetstream.evidence import verify
+
+    store = _Store(args, ledger=False)
     try:
-        report = verify(store.datastore, trusted_keys=trusted)
+        paths, trusted = _pinned_keys(args)
+        stale_after = args.stale_after * args.checkpoint_seconds
+        report = verify(store.datastore, trusted=trusted, stale_after=stale_after, known=_known_checkpoint(args))
     finally:
         store.close()
+    findings = [str(f) for f in report.findings]
     if args.format != "table":
-        trusted_keys = [str(p) for p in keys]
-        findings = [str(f) for f in report.findings]
-        row: dict[str, Any] = {"intact": report.ok, "messages": report.messages, "events": report.events,
-               "checkpoints": report.checkpoints, "last_checkpoint_seq": report.last_checkpoint_seq,
-               "trusted_keys": trusted_keys, "findings": findings}  # fmt: skip
+        row: dict[str, Any] = {"intact": report.ok, "messages": report.messages, "signed_saves": report.signed_saves,
+               "events": report.events, "checkpoints": report.checkpoints, "last_checkpoint_seq": report.last_checkpoint_seq,
+               "last_checkpoint_signed_at": report.last_checkpoint_signed_at,
+               "last_checkpoint_digest": report.last_checkpoint_digest, "uncovered_messages": report.uncovered,
+               "stale_after_seconds": stale_after, "pinned_keys": report.pinned, "trusted_keys": [str(p) for p in paths],
+               "findings": findings, "more_findings": report.more_findings}  # fmt: skip
         if args.format == "csv":
             row["findings"] = "; ".join(findings)
-            row["trusted_keys"] = " ".join(trusted_keys)
+            row["pinned_keys"] = " ".join(report.pinned)
+            row["trusted_keys"] = " ".join(str(p) for p in paths)
         _emit([row], args.format, vertical=True)
         return 0 if report.ok else 1
-    say(
-        f"{report.messages:,} messages, {report.events:,} events, {report.checkpoints} checkpoints verified "
-        f"(the last up to LEDGER {report.last_checkpoint_seq})"
-        + ("" if trusted else "; no trusted key given: signatures checked against the keys they carry")
-    )
+    say(f"{report.messages:,} messages in {report.signed_saves:,} signed saves, {report.events:,} events")
+    say(f"{report.checkpoints} checkpoints verified, the last up to LEDGER {report.last_checkpoint_seq:,}; "
+        f"pinned key {', '.join(report.pinned)}")  # fmt: skip
     if report.ok:
-        say("intact: every hash chain and checkpoint holds")
+        say("intact: every message signed, every hash chain and checkpoint holds")
         return 0
-    say(f"NOT INTACT: {report.findings[0]}")
+    say(f"NOT INTACT: {findings[0]}")
+    shown = 20
+    for finding in findings[1:shown]:
+        say(f"also: {finding}")
+    hidden = len(findings) - min(len(findings), shown) + report.more_findings
+    if hidden:
+        say(f"and {hidden:,} more findings (--format json lists them)")
     return 1
-
-

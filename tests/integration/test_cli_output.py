@@ -108,8 +108,10 @@ def test_the_report_at_80_columns_keeps_every_district_s_figures(demo: tuple[Pat
 
 def test_verify_and_replay_print_their_result_as_json(demo: tuple[Path, dict]) -> None:
     data_dir, _ = demo
+    pinned = data_dir.parent / "pinned-ledger-key.pem"  # the ledger's public key, pinned outside its data directory
+    pinned.write_text(ledger("keys", "public", "--data-dir", str(data_dir)).stdout)
     # When the ledger is verified with --format json
-    verify = ledger("verify", "--data-dir", str(data_dir), "--format", "json")
+    verify = ledger("verify", "--data-dir", str(data_dir), "--trust-key", str(pinned), "--format", "json")
     # Then stdout is one JSON document saying it is intact, with the counts
     result = json.loads(verify.stdout)
     assert verify.returncode == 0 and result["intact"] is True and result["findings"] == []
@@ -122,7 +124,7 @@ def test_verify_and_replay_print_their_result_as_json(demo: tuple[Path, dict]) -
     assert replay.returncode == 0 and done["ledger_events"] >= result["events"] > 0
     assert "replayed.sqlite" in done["views"]
     # And as CSV, a header and one row
-    verify_csv = list(csv.DictReader(io.StringIO(ledger("verify", "--data-dir", str(data_dir), "--format", "csv").stdout)))
+    verify_csv = list(csv.DictReader(io.StringIO(ledger("verify", "--data-dir", str(data_dir), "--trust-key", str(pinned), "--format", "csv").stdout)))
     assert [row["intact"] for row in verify_csv] == ["True"]
 
 

@@ -78,7 +78,7 @@ def test_the_demo_catches_every_planted_case_and_the_readme_commands_work_on_it(
     assert "enrollment and funds per district" in " ".join(run.stdout.split())
     assert re.search(r"replayed [\d,]+ ledger events and [\d,]+ rejections", run.stdout)
     assert (tmp_path / "data/demo/districts.csv").read_text().startswith("district,")
-    assert "intact: every hash chain and checkpoint holds" in run.stdout
+    assert "intact: every message signed, every hash chain and checkpoint holds" in run.stdout
     checkpoints = re.search(r"(\d+) checkpoints verified", run.stdout)
     assert checkpoints and int(checkpoints.group(1)) >= 1, "ledger serve signs a checkpoint when it stops"
     # And what they print fits 80 columns
