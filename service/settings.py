@@ -16,6 +16,7 @@ from typing import Any
 
 from consumers.streams import IntakeLimits
 from contract.subjects import LEDGER_PREFIX, LEDGER_STREAM
+from ledger.jetstream.tls import NatsTls
 
 
 def _setting(env: str, default: Any, meaning: str, *, option: str | None = None) -> Any:
@@ -27,6 +28,9 @@ class Settings:
     """What one ``ledger serve`` needs to know, immutable once read."""
 
     nats_url: str | None = _setting("NATS_URL", None, "the NATS server(s), comma-separated; none: an embedded server", option="--nats-url")
+    nats_ca_file: Path | None = _setting("LEDGER_NATS_CA_FILE", None, "CA certificate(s) (PEM) the NATS servers' certificates are checked against; set (or a tls:// URL, checked against the system's CAs): every connection requires TLS", option="--nats-ca-file")
+    nats_cert_file: Path | None = _setting("LEDGER_NATS_CERT_FILE", None, "the ledger's client certificate (PEM) for mutual TLS (servers with NATS_TLS_VERIFY=true); with its key", option="--nats-cert-file")
+    nats_key_file: Path | None = _setting("LEDGER_NATS_KEY_FILE", None, "that certificate's private key (PEM, mode 0600)", option="--nats-key-file")
     data_dir: Path = _setting("LEDGER_DATA_DIR", Path("data"), "embedded server's data, views, local secrets, the lock", option="--data-dir")
     views_url: str | None = _setting("LEDGER_VIEWS", None, "view database (sqlite:///FILE or postgresql://…); default sqlite:///DATA_DIR/views.sqlite", option="--views")
     policy_file: Path | None = _setting("LEDGER_POLICY", None, "the region's policy table; default Hefei's", option="--policy")
@@ -47,6 +51,7 @@ class Settings:
     ledger_stream: str = _setting("NATS_STREAM", LEDGER_STREAM, "the ledger's stream")
     ledger_prefix: str = _setting("NATS_SUBJECT_PREFIX", LEDGER_PREFIX, "the ledger stream's subject prefix")
     metrics_address: str | None = _setting("LEDGER_METRICS_ADDRESS", None, "HOST:PORT serving /metrics, /healthz and /readyz (port 0: a free one, logged as event=metrics); none: off", option="--metrics-address")
+    api_prefix: str = _setting("NATS_API_PREFIX", "$JS.API", "where the ledger's JetStream API is; an auditor's account imports it as $JS.ledger.API (read-only commands: verify, replay)")
     unattributed: str = _setting("LEDGER_UNATTRIBUTED", "accept", "upstream messages the server could not attribute to a sender account (a server without accounts): accept (recorded as unattributed) or refuse (not_authorised)")
     intake_max_bytes: int = _setting("LEDGER_INTAKE_MAX_BYTES", 1 << 30, "bytes one sender's intake stream may hold (a full one refuses the sender's next message)")
     intake_max_msg_size: int = _setting("LEDGER_INTAKE_MAX_MSG_SIZE", 1 << 20, "the largest message a sender may publish, in bytes")
@@ -80,6 +85,8 @@ class Settings:
             raise SystemExit("LEDGER_LEASE_SECONDS and LEDGER_CHECKPOINT_SECONDS must be positive")
         if self.verify_stale_intervals < 0:
             raise SystemExit(f"LEDGER_VERIFY_STALE_INTERVALS must be 0 or more, not {self.verify_stale_intervals}")
+        if (self.nats_cert_file is None) != (self.nats_key_file is None):
+            raise SystemExit("LEDGER_NATS_CERT_FILE and LEDGER_NATS_KEY_FILE go together: both or neither")
         if self.payload_encryption not in ("on", "off"):
             raise SystemExit(f"LEDGER_PAYLOAD_ENCRYPTION must be on or off, not {self.payload_encryption!r}")
         if self.unattributed not in ("accept", "refuse"):
@@ -97,12 +104,22 @@ class Settings:
         return self.views_url or default_views_url(self.data_dir)
 
     @property
+    def nats_tls(self) -> NatsTls:
+        """The TLS setting of every NATS connection (``ledger.jetstream.tls``)."""
+        return NatsTls(ca_file=self.nats_ca_file, cert_file=self.nats_cert_file, key_file=self.nats_key_file)
+
+    @property
     def intake_limits(self) -> IntakeLimits:
         return IntakeLimits(self.intake_max_bytes, self.intake_max_msg_size, self.intake_max_age_days * 86400.0)
 
     def ledger_env(self) -> dict[str, str]:
         """The event store's part, as the ``eventsourcing`` environment of the ledger."""
-        return {"NATS_STREAM": self.ledger_stream, "NATS_SUBJECT_PREFIX": self.ledger_prefix, "NATS_REPLICAS": str(self.replicas)}
+        return {
+            "NATS_STREAM": self.ledger_stream,
+            "NATS_SUBJECT_PREFIX": self.ledger_prefix,
+            "NATS_REPLICAS": str(self.replicas),
+            "NATS_API_PREFIX": self.api_prefix,
+        }
 
 
 def default_views_url(data_dir: Path) -> str:

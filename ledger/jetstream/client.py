@@ -315,6 +315,10 @@ def _call(listener: Callable[..., None], *args: Any) -> None:
         log.warning("event=nats_listener_failed listener=%r error=%r", listener, e)
 
 
+JS_API = "$JS.API"
+"""The JetStream API's subjects in the account that holds the streams."""
+
+
 class NatsClient:
     """One NATS connection on a private event loop, safe to call from many threads."""
 
@@ -327,12 +331,16 @@ class NatsClient:
         max_batch: int = MAX_ATOMIC_BATCH,
         linger: float = 0.002,
         name: str = "enrollment-ledger",
+        api_prefix: str = JS_API,
         **connect_options: Any,
     ) -> None:
         if not 1 <= max_batch <= MAX_ATOMIC_BATCH:
             raise ValueError(f"max_batch must be between 1 and {MAX_ATOMIC_BATCH}")
         self.url = url
         self.timeout = timeout
+        self.api_prefix = api_prefix.rstrip(".")
+        """Where this client's JetStream API is: ``$JS.API``, or for a user of another account
+        that imports the ledger's API (an auditor), the prefix of that import (``$JS.ledger.API``)."""
         self.max_batch = max_batch
         self.linger = linger
         # uvloop: cheaper wake-ups and socket calls than asyncio's loop, which on this machine
@@ -517,8 +525,16 @@ class NatsClient:
         except NatsTimeoutError as e:
             raise NatsUnavailableError(f"NATS at {redacted(self.url)} did not answer {subject} in time") from e
 
+    def api_subject(self, subject: str) -> str:
+        """``subject`` (``$JS.API.…``) under this client's API prefix."""
+        if self.api_prefix != JS_API and subject.startswith(JS_API + "."):
+            return self.api_prefix + subject[len(JS_API) :]
+        return subject
+
     async def api(self, subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A JetStream API call; returns the decoded JSON reply (which may hold an ``error``)."""
+        """A JetStream API call (``$JS.API.…``, sent under the client's API prefix); returns the
+        decoded JSON reply (which may hold an ``error``)."""
+        subject = self.api_subject(subject)
         msg = await self.request(subject, _encode(request) if request is not None else b"")
         return msgspec.json.decode(msg.data)
 
@@ -566,7 +582,7 @@ class NatsClient:
         self._replies[token] = waiter
         try:
             await self.publish(
-                f"$JS.API.DIRECT.GET.{stream}", _encode(request), reply=f"{self._inbox_prefix}.{token}"
+                f"{self.api_prefix}.DIRECT.GET.{stream}", _encode(request), reply=f"{self._inbox_prefix}.{token}"
             )
             try:
                 return await asyncio.wait_for(waiter.future, self.timeout)

@@ -14,6 +14,7 @@ Settings (environment, optionally prefixed with the application's name, as the l
 | ``NATS_REPLICAS`` | ``1`` | stream replicas when the stream is created (3 in a cluster) |
 | ``NATS_DUPLICATE_WINDOW`` | ``120`` | seconds the server remembers ``Nats-Msg-Id`` values |
 | ``NATS_MAX_BATCH`` | ``1000`` | most messages gathered into one atomic batch (group commit) |
+| ``NATS_API_PREFIX`` | ``$JS.API`` | where the JetStream API is: another account's user reading the ledger through imports (an auditor) gives the import's prefix, ``$JS.ledger.API`` |
 | ``ORIGINATOR_ID_TYPE`` | ``uuid`` | ``text`` allows ids like ``person.<key>`` (subject tokens) |
 | ``CREATE_TABLE`` | ``yes`` | create missing streams (existing ones are always checked) |
 | ``LEDGER_SIGNING_KEY_FILE`` | (none) | ed25519 private key (PEM) signing every save (``signing``); none: unsigned |
@@ -28,7 +29,7 @@ from typing import Literal, TypeVar, cast
 from eventsourcing.persistence import InfrastructureFactory, OperationalError, Transcoder
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
-from ledger.jetstream.client import MAX_ATOMIC_BATCH, NatsClient, NatsUnavailableError
+from ledger.jetstream.client import JS_API, MAX_ATOMIC_BATCH, NatsClient, NatsUnavailableError
 from ledger.jetstream.datastore import JetStreamDatastore
 from ledger.jetstream.recorders import (
     JetStreamAggregateRecorder,
@@ -56,6 +57,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
     CREATE_TABLE = "CREATE_TABLE"
     LEDGER_SIGNING_KEY_FILE = "LEDGER_SIGNING_KEY_FILE"
+    NATS_API_PREFIX = "NATS_API_PREFIX"
 
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
@@ -74,6 +76,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
                 timeout=timeout,
                 connect_timeout=self._number(self.NATS_CONNECT_TIMEOUT, 5.0),
                 max_batch=int(self._number(self.NATS_MAX_BATCH, MAX_ATOMIC_BATCH)),
+                api_prefix=(self.env.get(self.NATS_API_PREFIX) or "").strip() or JS_API,
             )
         except NatsUnavailableError as e:
             raise OperationalError(str(e)) from e
