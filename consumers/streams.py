@@ -142,11 +142,9 @@ async def rejected_caught_up(
 
 async def wait_for_rejected(url: str, *, timeout: float = SOURCE_CATCH_UP) -> int:
     """``rejected_caught_up`` on a connection of its own to the servers at ``url``."""
-    import nats
+    from ledger.jetstream.tls import connect
 
-    from ledger.jetstream.client import server_urls
-
-    nc = await nats.connect(server_urls(url))
+    nc = await connect(url)  # with the process's TLS setting
     try:
 
         async def request(subject: str, payload: bytes) -> bytes:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from consumers.streams import IntakeLimits
     from ledger.application import Ledger
     from ledger.jetstream.evidence import Checkpointer
+    from ledger.jetstream.tls import NatsTls
     from projections.queries import CoverageQueryService
     from projections.runner import Projections
     from service.observability import Observability
@@ -64,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, replicas=args.replicas, sync_interval=args.sync_interval, port=args.port,
         cipher_key_file=args.cipher_key_file, metrics_address=args.metrics_address, signing_key_file=args.signing_key_file,
         payload_encryption=args.payload_encryption,
+        nats_ca_file=args.nats_ca_file, nats_cert_file=args.nats_cert_file, nats_key_file=args.nats_key_file,
     )  # fmt: skip
     return asyncio.run(serve(settings))
 
@@ -142,6 +144,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its secrets, views and server: the owner's
     async with AsyncExitStack() as stack:
         stack.enter_context(_lock_data_dir(data_dir))
+        stack.enter_context(nats_tls(settings))
         observed = await stack.enter_async_context(observability(settings))
         url = settings.nats_url
         if not url:
@@ -248,16 +251,45 @@ async def embedded_server(settings: Settings) -> AsyncIterator[str]:
         await asyncio.to_thread(server.stop)
 
 
+@contextmanager
+def nats_tls(settings: Settings) -> Iterator[None]:
+    """The TLS setting of ``settings`` for every NATS connection of this process while it runs
+    (``ledger.jetstream.tls``), put back as it was on leaving. The embedded server listens on
+    loopback without TLS: with it, TLS settings are ignored (and said so)."""
+    from ledger.jetstream import tls
+
+    if settings.embedded and settings.nats_tls.configured:
+        log.warning("event=nats_tls_ignored: the embedded nats-server has no TLS; LEDGER_NATS_CA_FILE/CERT/KEY apply to NATS_URL")
+        yield
+        return
+    previous = use_nats_tls(settings.nats_tls)
+    try:
+        yield
+    finally:
+        tls.use(previous)
+
+
+def use_nats_tls(setting: NatsTls) -> NatsTls:
+    """Make ``setting`` the process's for its NATS connections, once its files are known to be
+    usable (else ``SystemExit`` naming the file); returns the previous setting."""
+    from ledger.jetstream import tls
+
+    if setting.configured:
+        try:
+            setting.context()
+        except tls.TlsSettingError as e:
+            raise SystemExit(str(e)) from None
+    return tls.use(setting)
+
+
 @asynccontextmanager
 async def connected_broker(url: str) -> AsyncIterator[tuple[Any, Any]]:
     """A FastStream broker connected to ``url`` (and its nats-py connection), stopped on leaving.
     It reconnects for as long as it takes (a node or the cluster down for minutes): nats-py's
     default gives up after 60 attempts, and FastStream then spins on a closed connection."""
-    from faststream.nats import NatsBroker
+    from consumers.broker import nats_broker
 
-    from ledger.jetstream.client import server_urls
-
-    broker = NatsBroker(server_urls(url), logger=None, max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=2)
+    broker = nats_broker(url, logger=None, max_reconnect_attempts=-1, ping_interval=5, max_outstanding_pings=2)
     nc = await broker.connect()
     try:
         yield broker, nc

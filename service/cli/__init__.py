@@ -32,6 +32,7 @@ from service.cli.publish import _publish
 from service.cli.read import _audit, _coverage, _replay, _report, _verify
 from service.cli.status import _parked_list, _parked_retry, _status
 from service.settings import Settings
+from ledger.senders import SENDERS
 
 log = logging.getLogger("ledger")
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
+        _use_tls_options(args)
         return int(args.run(args) or 0)
     except BrokenPipeError:  # `ledger audit … | head`: the reader has what it wanted
         sys.stderr.close()
@@ -132,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("--nats-url", default=env.nats_url, help="NATS server URL(s) (NATS_URL)")
+    _tls_options(env, serve)
     serve.add_argument(
         "--data-dir",
         type=Path,
@@ -192,9 +195,16 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("subject", help="an upstream subject of the contract")
     publish.add_argument("file", help="JSON-lines file, a .csv file, or - for standard input")
     publish.add_argument(
+        "--sender", default=None, choices=sorted(SENDERS), metavar="ACCOUNT",
+        help="play this upstream sender on a server without accounts (development): publish on "
+        "upstream.<sender>.<noun>.<verb>, as the sender's account import would deliver it. With the "
+        "deployment's accounts, connect as the sender's user instead and leave this out",
+    )  # fmt: skip
+    publish.add_argument(
         "--nats-url", default=env.nats_url,
         help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR",
     )  # fmt: skip
+    _tls_options(env, publish)
     _data_dir_option(env, publish)
     _format_option(publish)
     publish.set_defaults(run=_publish)
@@ -396,12 +406,42 @@ def _policy_option(env: Settings, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=Path, default=env.policy_file, help="policy file (LEDGER_POLICY; default Hefei)")
 
 
+def _tls_options(env: Settings, parser: argparse.ArgumentParser) -> None:
+    """TLS to the NATS servers (docs/operations.md, TLS): a CA file (or a tls:// URL) makes TLS
+    required for every connection of the command."""
+    parser.add_argument(
+        "--nats-ca-file", type=Path, default=env.nats_ca_file, metavar="PEM",
+        help="CA certificate(s) the NATS servers' certificates are checked against; TLS required (LEDGER_NATS_CA_FILE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nats-cert-file", type=Path, default=env.nats_cert_file, metavar="PEM",
+        help="client certificate for mutual TLS, with --nats-key-file (LEDGER_NATS_CERT_FILE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nats-key-file", type=Path, default=env.nats_key_file, metavar="PEM",
+        help="its private key (LEDGER_NATS_KEY_FILE)",
+    )  # fmt: skip
+
+
+def _use_tls_options(args: argparse.Namespace) -> None:
+    """The command's TLS options as the process's setting for its NATS connections."""
+    if not hasattr(args, "nats_ca_file") or args.run is _serve:
+        return  # a command that connects to no NATS server; serve's settings do it (bootstrap.nats_tls)
+    from ledger.jetstream.tls import NatsTls
+    from service.bootstrap import use_nats_tls
+
+    if (args.nats_cert_file is None) != (args.nats_key_file is None):
+        raise SystemExit("--nats-cert-file and --nats-key-file go together: both or neither")
+    use_nats_tls(NatsTls(ca_file=args.nats_ca_file, cert_file=args.nats_cert_file, key_file=args.nats_key_file))
+
+
 def _store_options(env: Settings, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nats-url",
         default=env.nats_url,
         help="NATS URL (NATS_URL); default: the running `ledger serve` of DATA_DIR, else its embedded server's data",
     )
+    _tls_options(env, parser)
     _data_dir_option(env, parser)
     _policy_option(env, parser)
 

@@ -243,6 +243,9 @@ def start_deploy_server(
     shutil.copytree(DEPLOY, directory / "nats")
     certs = certs or dev_certs(directory / "tls")
     passwords = {user: "p" + secrets.token_hex(16) for user in USERS}  # see nats.env.example
+    # Every other user accounts.conf has (a password variable each) gets one too.
+    for name in re.findall(r"\$([A-Z][A-Z0-9_]*)_NATS_PASSWORD\b", (directory / "nats" / "accounts.conf").read_text()):
+        passwords.setdefault(name.lower(), "p" + secrets.token_hex(16))
     if admin:
         passwords["admin"] = "p" + secrets.token_hex(16)
         accounts = directory / "nats" / "accounts.conf"
