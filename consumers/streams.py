@@ -16,11 +16,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-
-from dataclasses import dataclass
 
 from contract.subjects import (
     LEDGER_PREFIX,

@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ledger.senders import SENDERS
 from service.bootstrap import _serve
 from service.cli.keys import _keys_generate, _keys_public
 from service.cli.publish import _publish
 from service.cli.read import _audit, _coverage, _replay, _report, _verify
 from service.cli.status import _parked_list, _parked_retry, _status
 from service.settings import Settings
-from ledger.senders import SENDERS
 
 log = logging.getLogger("ledger")
 
