@@ -378,8 +378,8 @@ def _verify(args: argparse.Namespace) -> int:
         _emit([row], args.format, vertical=True)
         return 0 if report.ok else 1
     say(f"{report.messages:,} messages in {report.signed_saves:,} signed saves, {report.events:,} events")
-    say(f"{report.checkpoints} checkpoints verified, the last up to LEDGER {report.last_checkpoint_seq:,}; "
-        f"pinned key {', '.join(report.pinned)}")  # fmt: skip
+    say(f"{report.checkpoints} checkpoints verified (the last up to LEDGER {report.last_checkpoint_seq:,}), "
+        f"key {', '.join(report.pinned)}")  # fmt: skip
     if report.ok:
         say("intact: every message signed, every hash chain and checkpoint holds")
         return 0
