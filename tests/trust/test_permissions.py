@@ -616,7 +616,9 @@ def test_deploy_configs_are_valid(tmp_path: Path) -> None:
     """Every nats-server configuration in deploy/nats passes ``nats-server -t`` (passwords and the
     TLS files of deploy/tls/make-dev-ca from the environment), and each keeps JetStream's
     sync_interval at always."""
-    env = {**os.environ, **{password_variable(u): "x" for u in USERS}, **dev_certs(tmp_path / "tls").server_env()}
+    variables = set(re.findall(r"\$([A-Z][A-Z0-9_]*_NATS_PASSWORD)\b", (DEPLOY / "accounts.conf").read_text()))
+    env = {**os.environ, **dict.fromkeys(variables | {password_variable(u) for u in USERS}, "x"),
+           **dev_certs(tmp_path / "tls").server_env()}  # fmt: skip
     configs = [DEPLOY / "single.conf", *sorted((DEPLOY / "cluster").glob("node-*.conf"))]
     assert len(configs) == 4
     for config in configs:
