@@ -32,6 +32,7 @@ class _Store:
 
     def __init__(self, args: argparse.Namespace, *, ledger: bool = True) -> None:
         """``ledger=False``: only the streams (no person-key secret needed, nothing created)."""
+        from ledger.jetstream import tls
         from ledger.jetstream.server import EmbeddedNatsServer
 
         self.server = None
@@ -47,6 +48,7 @@ class _Store:
                 )
             self.server = EmbeddedNatsServer(data_dir / "nats", own_session=True)
             url = self.server.url
+            tls.use(tls.NatsTls())  # it listens on loopback without TLS: the TLS settings are for NATS_URL
         self.url = url
         try:
             if self.server is not None:
