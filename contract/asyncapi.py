@@ -12,7 +12,7 @@ to this, has the official parser check it, and validates real messages against i
 - ``coverage.changed.{district}`` (stream COVERAGE, ``CoverageChanged``) and
   ``$KV.coverage.{person_key}`` (the KV bucket ``coverage``, ``CoverageValue``): the ledger sends
   each change of what a person shows downstream;
-- ``ledger.rejected.{reason}`` (stream REJECTED): the ledger sends each rejection.
+- ``ledger.rejected.{reason}.{sender}`` (stream REJECTED): the ledger sends each rejection.
 
 Names of subjects, streams, buckets and headers come from ``contract.subjects``.
 """
@@ -36,6 +36,7 @@ from contract.subjects import (
     LEDGER_SOURCE_HEADER,
     REJECTED_PREFIX,
     REJECTED_STREAM,
+    UPSTREAM_SENDERS,
     UPSTREAM_STREAM,
     changed_subject,
 )
@@ -211,14 +212,21 @@ def asyncapi_document() -> dict[str, Any]:
         summary="A refused upstream message, its reason, and the original bytes.",
     )  # fmt: skip
     channels["ledgerRejected"] = {
-        "address": f"{REJECTED_PREFIX}.{{reason}}",
-        "title": f"{REJECTED_PREFIX}.<reason>",
+        "address": f"{REJECTED_PREFIX}.{{reason}}.{{sender}}",
+        "title": f"{REJECTED_PREFIX}.<reason>.<sender>",
         "description": (
             f"Stored on the stream {REJECTED_STREAM}: every rejected upstream message, once. Nothing is "
             "dropped: a payload too large to fit is cut (the detail says so) and the whole message "
-            f"stays on {UPSTREAM_STREAM} at upstream_seq."
+            f"stays on {UPSTREAM_STREAM} at upstream_seq. Each sender reads its own share from the "
+            f"stream {REJECTED_STREAM}_<SENDER>."
         ),
-        "parameters": {"reason": {"enum": list(REJECTION_REASONS), "description": "Why the message was refused."}},
+        "parameters": {
+            "reason": {"enum": list(REJECTION_REASONS), "description": "Why the message was refused."},
+            "sender": {
+                "enum": list(UPSTREAM_SENDERS),
+                "description": "The sender's account (unattributed: the server did not say).",
+            },
+        },
         "messages": {"Rejection": {"$ref": _MESSAGES + "Rejection"}},
         "x-jetstream-stream": REJECTED_STREAM,
     }
@@ -230,9 +238,10 @@ def asyncapi_document() -> dict[str, Any]:
             "title": "Enrollment ledger — resident basic medical insurance",
             "version": VERSION,
             "description": (
-                "Upstream systems publish facts on upstream.<fact>; the ledger records each, or rejects "
-                "it onto ledger.rejected.<reason>. Downstream services ask coverage.query, subscribe to "
-                "coverage.changed.<district> or watch the KV bucket coverage. Messages are JSON in UTF-8; "
+                "Upstream systems publish facts on upstream.<fact>, each in its own NATS account, which "
+                "delivers them to the ledger as upstream.<sender>.<fact>; the ledger records each, or "
+                "rejects it onto ledger.rejected.<reason>.<sender>. Downstream services ask coverage.query, "
+                "subscribe to coverage.changed.<district> or to the KV bucket coverage. Messages are JSON in UTF-8; "
                 "dates are YYYY-MM-DD, times ISO 8601 with an offset, money integer fen. Unknown extra "
                 "fields are ignored. See docs/contract.md."
             ),

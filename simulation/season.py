@@ -88,6 +88,7 @@ from typing import Any, Final
 from ledger.domain.coverage import add_months
 from ledger.domain.identity import Sex, check_character, generate_id_number
 from ledger.domain.policy import RegionPolicy, load_policy
+from ledger.senders import SENDERS
 
 CST: Final = timezone(timedelta(hours=8))
 """China Standard Time: every upstream time carries +08:00."""
@@ -185,6 +186,35 @@ class Message:
     body: dict[str, Any]
     """JSON-ready: dates ``YYYY-MM-DD``, times ISO 8601 with ``+08:00``, money in fen; with
     ``msg_id`` and ``occurred_at``. Optional fields that do not apply are absent."""
+
+    @property
+    def sender(self) -> str:
+        """The upstream system (its account, ``ledger.senders``) that sends this message."""
+        return sender_of(self.subject, self.body)
+
+
+_SENDER_OF_SUBJECT: Final[dict[str, str]] = {
+    "upstream.person.registered": "public_security",
+    "upstream.cash.remitted": "community",
+    "upstream.death.registered": "public_security",
+    "upstream.employee_insurance.changed": "employee_insurance",
+    "upstream.discharge.registered": "veterans",
+    "upstream.target.set": "bureau",
+    # a message lacking what says its sender (the season's malformed ones) comes from:
+    "upstream.enrollment.requested": "community",
+    "upstream.payment.received": "community",
+    "upstream.subsidy.listed": "civil_affairs",
+}
+
+
+def sender_of(subject: str, body: dict[str, Any]) -> str:
+    """Who sends a message of ``subject`` like ``body``: by its channel (enrollments and
+    payments), its roster category (rosters, by department), else the office that keeps such
+    facts."""
+    for sender, entitled in SENDERS.items():
+        if body.get("channel") in entitled.channels or body.get("subsidy_category") in entitled.subsidy_categories:
+            return sender
+    return _SENDER_OF_SUBJECT[subject]
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def _publish(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     try:
-        count = asyncio.run(publish_messages(url, args.subject, rows, progress=True))
+        count = asyncio.run(publish_messages(url, args.subject, rows, progress=True, sender=args.sender))
     except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as e:
         raise SystemExit(f"cannot publish to NATS at {_redacted(url)}: {e!r}") from None
     seconds = time.perf_counter() - started
@@ -76,13 +76,18 @@ async def publish_messages(
     *,
     window: int = 2000,
     progress: bool = False,
+    sender: str | None = None,
 ) -> int:
     """Publish contract messages on ``subject`` with ``Nats-Msg-Id = msg_id``; wait for every
-    acknowledgement (in windows of ``window``). Returns how many were acknowledged."""
+    acknowledgement (in windows of ``window``). Returns how many were acknowledged. ``sender``:
+    on a server without accounts, publish as that sender's import would deliver the messages
+    (``upstream.<sender>.<noun>.<verb>``)."""
     from contract.messages import SCHEMAS
+    from contract.subjects import upstream_subject
 
     if subject not in SCHEMAS:
         raise SystemExit(f"{subject} is not an upstream subject of the contract: {', '.join(SCHEMAS)}")
+    subject = upstream_subject(subject, sender)
     nc = await connect_quietly(url, what="publish to NATS")
     js = nc.jetstream()
     pending: list[Any] = []

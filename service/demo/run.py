@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contract.subjects import REJECTED_STREAM, UPSTREAM_STREAM
+from contract.subjects import REJECTED_STREAM, UPSTREAM_STREAM, upstream_subject
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.policy import RegionPolicy
 from simulation.season import Season, simulate
@@ -177,7 +177,9 @@ async def _publish(url: str, season: Season, progress: _Progress) -> int:
             for message in season.messages:
                 body = json.dumps(message.body, ensure_ascii=False).encode()
                 msg_id = str(message.body.get("msg_id") or f"demo-{done + len(pending)}")
-                pending.append(await js.publish_async(message.subject, body, headers={"Nats-Msg-Id": msg_id}))
+                # As each sender's account would deliver it (the embedded server has no accounts).
+                subject = upstream_subject(message.subject, message.sender)
+                pending.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}))
                 if len(pending) >= 1000:
                     await asyncio.gather(*pending)
                     done += len(pending)

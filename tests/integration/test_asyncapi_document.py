@@ -105,7 +105,7 @@ def test_given_the_document_then_coverage_query_is_received_and_replied_to(docum
 
 def test_given_the_document_then_the_ledger_sends_coverage_changes_kv_values_and_rejections(document: dict[str, Any]) -> None:
     sent = {document["channels"][op["channel"]["$ref"].rsplit("/", 1)[1]]["address"] for op in document["operations"].values() if op["action"] == "send"}
-    assert sent == {f"{CHANGED_PREFIX}.{{district}}", f"$KV.{COVERAGE_BUCKET}.{{person_key}}", f"{REJECTED_PREFIX}.{{reason}}"}
+    assert sent == {f"{CHANGED_PREFIX}.{{district}}", f"$KV.{COVERAGE_BUCKET}.{{person_key}}", f"{REJECTED_PREFIX}.{{reason}}.{{sender}}"}
 
 
 def _reasons(cls: type[Refusal]) -> set[str]:
