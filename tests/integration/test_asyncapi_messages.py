@@ -125,7 +125,9 @@ async def _stream(url: str, stream: str) -> list[tuple[str, dict[str, str], Any]
     try:
         js = nc.jetstream()
         state = (await js.stream_info(stream)).state
-        found = []
+        found: list[tuple[str, dict[str, str], Any]] = []
+        if not state.messages:  # empty: first_seq and last_seq are 0, and there is no message 0
+            return found
         for seq in range(state.first_seq, state.last_seq + 1):
             try:
                 msg = await js.get_msg(stream, seq)
