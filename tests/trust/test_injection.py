@@ -504,6 +504,8 @@ class UserResult:
     reconnects: int = 0
     changes: list[Change] = field(default_factory=list)
     landed: Counter[str] = field(default_factory=Counter)
+    routes: list[str] = field(default_factory=list)
+    """Consumers it created in the ledger's account delivering to a target."""
     """What the stored messages are (``kind_of``)."""
 
 
@@ -616,17 +618,22 @@ def requests_for(user: str, deployment: Deployment, infos: dict[str, dict[str, A
                 yield subject, json.dumps({"msg_id": allowed[subject]}).encode(), reply, {"Nats-Msg-Id": allowed[subject]}
             else:
                 yield subject, _marker(user, n), reply, None
-    # Deliveries aimed at each target: push consumers (three ways to create one), snapshots.
+    # Deliveries aimed at each target: push consumers (three ways to create one), snapshots —
+    # under the names the user's account imports them by, too.
     for stream in infos:
         for n, target in enumerate(aims):
             name = f"inj-{user}-{n}"
-            config = {"deliver_subject": target, "deliver_policy": "last", "ack_policy": "none", "inactive_threshold": 5_000_000_000}
-            yield (f"$JS.API.CONSUMER.CREATE.{stream}", json.dumps({"stream_name": stream, "config": config}).encode(), target, None)
-            yield (f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
-                   json.dumps({"stream_name": stream, "config": {**config, "name": name}}).encode(), target, None)  # fmt: skip
-            yield (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}d",
-                   json.dumps({"stream_name": stream, "config": {**config, "durable_name": f"{name}d"}}).encode(), target, None)  # fmt: skip
-            yield (f"$JS.API.STREAM.SNAPSHOT.{stream}", json.dumps({"deliver_subject": target, "chunk_size": 1024}).encode(), target, None)
+            last = int(infos[stream]["state"].get("last_seq", 0))  # its last three messages, whatever they are
+            config = {"deliver_subject": target, "deliver_policy": "by_start_sequence", "opt_start_seq": max(1, last - 2),
+                      "ack_policy": "none", "inactive_threshold": 5_000_000_000}  # fmt: skip
+            for subject, request in (
+                (f"$JS.API.CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}),
+                (f"$JS.API.CONSUMER.CREATE.{stream}.{name}", {"stream_name": stream, "config": {**config, "name": name}}),
+                (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}d", {"stream_name": stream, "config": {**config, "durable_name": f"{name}d"}}),
+                (f"$JS.API.STREAM.SNAPSHOT.{stream}", {"deliver_subject": target, "chunk_size": 1024}),
+            ):
+                for form in (subject, *local_forms(subject, conf)):
+                    yield form, json.dumps(request).encode(), target, None
 
 
 async def prepare(deployment: Deployment, user: str, infos: dict[str, dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
@@ -660,15 +667,19 @@ async def prepare(deployment: Deployment, user: str, infos: dict[str, dict[str, 
     return own, acks
 
 
-async def remove_attack_consumers(nc: Any, baseline: dict[str, list[str]], targets: set[str]) -> None:
-    """Consumers an attacker managed to create that deliver to a target: removed, so that they
-    stop copying messages around once the attempt is counted."""
+async def remove_attack_consumers(nc: Any, baseline: dict[str, list[str]], targets: set[str]) -> list[str]:
+    """Consumers an attacker managed to create in the ledger's account that deliver to a target
+    (a way to have messages written, even where none was yet): removed, so that they stop
+    copying messages around once counted; their names and deliver subjects."""
+    found = []
     for stream in await stream_names(nc):
         listing = await _api(nc, f"$JS.API.CONSUMER.LIST.{stream}", {"offset": 0})
         for consumer in listing.get("consumers") or []:
             name, config = consumer["name"], consumer.get("config", {})
             if name not in baseline.get(stream, ()) and (config.get("deliver_subject") in targets or name.startswith("inj-")):
+                found.append(f"{stream}.{name} -> {config.get('deliver_subject')}")
                 await _api(nc, f"$JS.API.CONSUMER.DELETE.{stream}.{name}")
+    return found
 
 
 async def attack_as(deployment: Deployment, user: str, cases: Iterator[tuple[str, bytes, str | None, dict[str, str] | None]],
@@ -732,7 +743,7 @@ def attack(deployment: Deployment) -> Attack:
                 own, acks = prepared[user]
                 cases = requests_for(user, deployment, infos, consumers, own, acks, everything)
                 result = await attack_as(deployment, user, cases, writer)
-                await remove_attack_consumers(writer, consumers, set(everything))
+                result.routes = await remove_attack_consumers(writer, consumers, set(everything))
                 now = await settled(writer)
                 result.changes = changes(state, now)
                 result.stored = sum(c.stored for c in result.changes)
@@ -783,7 +794,7 @@ def test_no_user_but_the_ledger_can_store_a_message_in_its_streams(deployment: D
     for user, result in attack.per_user.items():
         account = deployment.users[user].account if user in deployment.users else "-"
         print(f"  {user} ({account}): {result.tried:,} tried, {result.refused:,} refused by permissions, "
-              f"{result.reconnects} reconnections, {result.stored:,} stored")  # fmt: skip
+              f"{result.reconnects} reconnections, {result.stored:,} stored, {len(result.routes)} delivering consumers")  # fmt: skip
         for change in result.changes:
             print(f"    {change.stream}: {change.what}")
         if result.landed:
@@ -792,6 +803,7 @@ def test_no_user_but_the_ledger_can_store_a_message_in_its_streams(deployment: D
     log = (deployment.server.directory / "nats-server.log").read_text()
     assert "queue limit" not in log, "the server dropped JetStream API requests: cases not tried"
     assert all(not r.changes for r in attack.per_user.values()), {u: r.changes for u, r in attack.per_user.items() if r.changes}
+    assert all(not r.routes for r in attack.per_user.values()), {u: r.routes[:5] for u, r in attack.per_user.items() if r.routes}
     assert attack.stored == 0
 
 
