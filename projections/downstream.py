@@ -62,12 +62,19 @@ async def ensure_downstream(nc: Any, replicas: int = 1) -> None:
     await coverage_stream_spec(replicas).ensure(api)
     js = nc.jetstream()
     try:
-        await js.key_value(COVERAGE_BUCKET)  # an existing bucket is used as it is
+        await js.key_value(COVERAGE_BUCKET)  # an existing bucket is used as it is (direct gets on, below)
     except Exception:  # noqa: BLE001 - missing: created
         await js.create_key_value(
-            KeyValueConfig(bucket=COVERAGE_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas,
+            KeyValueConfig(bucket=COVERAGE_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas, direct=True,
                            description="latest coverage per person and coverage year (ledger projections)")
         )
+    # Direct gets: downstream services in accounts of their own read a key by direct get only
+    # (deploy/nats/accounts.conf imports no STREAM.MSG.GET); a bucket made without them gets them.
+    info = await api(f"$JS.API.STREAM.INFO.KV_{COVERAGE_BUCKET}")
+    if "config" in info and not info["config"].get("allow_direct"):
+        updated = await api(f"$JS.API.STREAM.UPDATE.KV_{COVERAGE_BUCKET}", {**info["config"], "allow_direct": True})
+        if "error" in updated:
+            raise RuntimeError(f"the {COVERAGE_BUCKET} bucket refused direct gets: {updated['error']}")
 
 
 class CoveragePublisher:

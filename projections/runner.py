@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from eventsourcing.persistence import Tracking
@@ -30,7 +30,7 @@ from contract.subjects import LEDGER_STREAM, REJECTED_STREAM
 from ledger.application import Ledger
 from ledger.domain.policy import RegionPolicy
 from ledger.jetstream import tls as nats_tls
-from ledger.jetstream.client import NatsClient
+from ledger.jetstream.client import JS_API, DirectReply, NatsClient, NatsUnavailableError
 from projections.database import Database
 from projections.downstream import CoveragePublisher
 from projections.projection import LedgerProjection
@@ -51,13 +51,48 @@ def views_env(ledger_env: dict[str, str], views_url: str) -> dict[str, str]:
     return {**ledger_env, f"{name}_PERSISTENCE_MODULE": "projections.views:ViewsFactory", f"{name}_VIEWS_URL": views_url}
 
 
+class _Rejected(NamedTuple):
+    """One REJECTED message as read: from the ordered consumer, or by direct get."""
+
+    seq: int
+    subject: str
+    data: bytes
+    recorded: datetime | None
+
+    @classmethod
+    def of_msg(cls, msg: Msg) -> _Rejected:
+        recorded = msg.metadata.timestamp
+        return cls(msg.metadata.sequence.stream, msg.subject, msg.data, recorded if isinstance(recorded, datetime) else None)
+
+    @classmethod
+    def of_direct(cls, msg: DirectReply) -> _Rejected:
+        headers = msg.headers
+        return cls(int(headers["Nats-Sequence"]), headers["Nats-Subject"], msg.data, _stamped(headers.get("Nats-Time-Stamp")))
+
+
+def _stamped(stamp: str | None) -> datetime | None:
+    """A direct get's ``Nats-Time-Stamp`` (RFC 3339, nanoseconds) as the consumer's metadata
+    gives the same instant (nats-py: nanoseconds / 1e9)."""
+    if not stamp:
+        return None
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = int(datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    nanos = seconds * 1_000_000_000 + int((fraction or "0")[:9].ljust(9, "0"))
+    return datetime.fromtimestamp(nanos / 1_000_000_000.0, UTC)
+
+
 class RejectionsReader:
     """REJECTED messages into the ``rejections`` view (and the rejection-based fraud flags),
     from just after the last one the views committed, in stream order.
 
     It follows REJECTED on ``client`` — the process's connection to the store, on that client's
     event loop, like the event store and the publisher — and hands each message to a plain thread
-    of its own that stages it in the views (staging may wait for a commit: never on the loop)."""
+    of its own that stages it in the views (staging may wait for a commit: never on the loop).
+    A client reading through another account's imports (an auditor's replay), which may make no
+    consumer, reads REJECTED by batched direct get instead."""
+
+    DIRECT_BATCH = 256
+    POLL_SECONDS = 0.1
 
     QUEUE_LIMIT = 2000
     """Rejections read ahead of the staging thread at most."""
@@ -74,7 +109,7 @@ class RejectionsReader:
         self._received = self._last
         """The last REJECTED sequence handed to the staging thread (the loop's)."""
         self._generation = 0
-        self._queue: queue.SimpleQueue[Msg | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Rejected | None] = queue.SimpleQueue()
         self._reconnected = threading.Event()
         self._listening = [client.on_reconnected(self._reconnected.set), client.on_error(self._on_error)]
         self._thread = threading.Thread(target=self._stage_each, name="rejections-reader", daemon=True)
@@ -117,6 +152,9 @@ class RejectionsReader:
     async def _read(self) -> None:
         import nats
 
+        if self.client.through_imports:
+            await self._poll()
+            return
         try:
             js = self.client.nc.jetstream()
             sub = None
@@ -162,6 +200,30 @@ class RejectionsReader:
                 self._fail(e)
             raise
 
+    async def _poll(self) -> None:
+        """REJECTED by batched direct get from just after the last rejection read, until stopped."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    page = await self.client.direct_get(
+                        self.stream, {"seq": self._received + 1, "batch": self.DIRECT_BATCH}, batch=True, convert=_Rejected.of_direct
+                    )
+                except NatsUnavailableError as e:  # not connected at this moment, or no stream yet
+                    log.info("event=rejections_read_failed error=%r (retrying)", e)
+                    page = []
+                for read in page:
+                    if read.seq > self._received:
+                        self._received = read.seq
+                        self._queue.put(read)
+                while self._queue.qsize() > self.QUEUE_LIMIT and not self._stop.is_set():
+                    await asyncio.sleep(0.01)
+                if len(page) < self.DIRECT_BATCH:
+                    await asyncio.sleep(self.POLL_SECONDS)
+        except BaseException as e:
+            if not isinstance(e, asyncio.CancelledError):
+                self._fail(e)
+            raise
+
     async def _follow(self, js: JetStreamContext) -> JetStreamContext.PushSubscription:
         """An ordered consumer from just after the last rejection read (its late messages, once
         another replaced it, are ignored)."""
@@ -179,7 +241,7 @@ class RejectionsReader:
             seq = msg.metadata.sequence.stream
             if generation == self._generation and seq > self._received:
                 self._received = seq
-                self._queue.put(msg)
+                self._queue.put(_Rejected.of_msg(msg))
                 # Backpressure: a long catch-up waits here (this subscription's delivery only,
                 # not the loop) rather than holding the whole stream in memory.
                 while self._queue.qsize() > self.QUEUE_LIMIT and not self._stop.is_set():
@@ -189,13 +251,13 @@ class RejectionsReader:
         self._sub = sub
         return sub
 
-    def _on(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+    def _on(self, msg: _Rejected) -> None:
+        seq = msg.seq
         try:
             rejection = decode_rejection(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             rejection = None
-        recorded = msg.metadata.timestamp
+        recorded = msg.recorded
         recorded_at = recorded.isoformat() if isinstance(recorded, datetime) else None
         if rejection is not None:
             self.view.stage(
@@ -374,15 +436,16 @@ def stream_source(nats_url: str, stream: str) -> str | None:
     return asyncio.run(ask())
 
 
-def stream_last_seq(nats_url: str, stream: str) -> int:
-    """The last sequence of ``stream`` now (0 when it is empty or missing)."""
+def stream_last_seq(nats_url: str, stream: str, api_prefix: str = JS_API) -> int:
+    """The last sequence of ``stream`` now (0 when it is empty or missing); ``api_prefix``: where
+    the JetStream API is (``NATS_API_PREFIX``: an auditor's import of it)."""
     import nats
 
     async def ask() -> int:
         nc = await nats_tls.connect(nats_url)
         try:
             try:
-                info = await nc.jetstream().stream_info(stream)
+                info = await nc.jetstream(prefix=api_prefix).stream_info(stream)
             except nats.js.errors.NotFoundError:
                 return 0
             return int(info.state.last_seq)
@@ -410,7 +473,7 @@ def replay(
     ``progress(done, total)`` is called a few times a second. ``stop_after`` stops early once
     that LEDGER sequence is committed (to test an interrupted replay)."""
     ledger_end = loader.recorder.max_notification_id() or 0
-    rejected_end = stream_last_seq(nats_url, rejected_stream)
+    rejected_end = stream_last_seq(nats_url, rejected_stream, ledger_env.get("NATS_API_PREFIX") or JS_API)
     started = time.perf_counter()
     projections = Projections(
         ledger_env=ledger_env, views_url=views_url, nats_url=nats_url, policy=policy, loader=loader,

@@ -525,6 +525,12 @@ class NatsClient:
         except NatsTimeoutError as e:
             raise NatsUnavailableError(f"NATS at {redacted(self.url)} did not answer {subject} in time") from e
 
+    @property
+    def through_imports(self) -> bool:
+        """Whether this client reads another account's streams through imports (an auditor:
+        ``api_prefix`` is not ``$JS.API``): stream info and direct gets only, no consumers."""
+        return self.api_prefix != JS_API
+
     def api_subject(self, subject: str) -> str:
         """``subject`` (``$JS.API.…``) under this client's API prefix."""
         if self.api_prefix != JS_API and subject.startswith(JS_API + "."):

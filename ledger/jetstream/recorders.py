@@ -50,6 +50,8 @@ log = logging.getLogger("ledger.jetstream")
 
 _NOTIFICATION_PAGE = 1000
 _SUBSCRIPTION_BUFFER = 10_000
+_POLL_SECONDS = 0.05
+"""How often a reader without a live consumer (through another account's imports) asks for more."""
 
 
 class JetStreamAggregateRecorder(AggregateRecorder):
@@ -326,7 +328,11 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
             self._next_seq = (last if isinstance(last, int) else last.id) + 1
             self._page.extend(page)
         if len(page) < _NOTIFICATION_PAGE:
-            self._follow_live()
+            if not self._client.through_imports:
+                self._follow_live()
+            elif not page:
+                # A reader in another account (an auditor) may make no consumer: it polls pages.
+                time.sleep(_POLL_SECONDS)
 
     def _follow_live(self) -> None:
         with self._switch:

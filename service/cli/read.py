@@ -104,8 +104,10 @@ def _datastore(url: str) -> JetStreamDatastore:
 
     settings = Settings.read()
     return JetStreamDatastore(
-        NatsClient(url, connect_timeout=ONE_OFF_CONNECT_SECONDS), stream=settings.ledger_stream, subject_prefix=settings.ledger_prefix, follower=LEDGER_FOLLOWER
-    )
+        # NATS_API_PREFIX: an auditor in an account of its own reads through its imports ($JS.ledger.API).
+        NatsClient(url, connect_timeout=ONE_OFF_CONNECT_SECONDS, api_prefix=settings.api_prefix),
+        stream=settings.ledger_stream, subject_prefix=settings.ledger_prefix, follower=LEDGER_FOLLOWER,
+    )  # fmt: skip
 
 
 def _coverage(args: argparse.Namespace) -> int:
