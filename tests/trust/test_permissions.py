@@ -867,3 +867,54 @@ def test_deploy_configs_are_valid(tmp_path: Path) -> None:
     )
     assert result.returncode != 0 and "AUDITOR_NATS_PASSWORD" in result.stderr, "a missing password must stop the server"
     assert not re.search(r"password:\s*[\"']?[^\s$\"']", (DEPLOY / "accounts.conf").read_text()), "a literal password"
+
+
+# ---- a limit of the imports, pinned --------------------------------------------------------------
+
+
+def test_an_api_answer_aimed_at_a_senders_own_fact_is_only_that_senders_message(deployed: DeployServer) -> None:
+    """What a sender can still make the server store, and that it stays its own: an answer to one
+    of its JetStream API requests aimed at one of its own fact subjects (the reply subject of a
+    stream info of its rejections = ``upstream.discharge.registered``) is delivered in its account
+    on that subject, which its import forwards to the ledger like anything it publishes there. The
+    server's answer is then stored in the sender's own intake as the sender's message (what it
+    could publish itself), and the ledger rejects it, to the sender; no other stream receives
+    anything. (Runs last: the other checks of this module see no server answer in UPSTREAM.)"""
+    user = "veterans"
+    fact = SENDERS[user][0]
+    aimed = upstream_subject(fact, user)
+    mine = sender_rejected_stream(user)
+    watched = (*map(intake_stream, SENDERS), *map(sender_rejected_stream, SENDERS), "KV_coverage", "COVERAGE")
+
+    async def last_seqs() -> dict[str, int]:
+        return {s: (await _stream_info(deployed, s))["state"]["last_seq"] for s in watched}
+
+    async def run() -> tuple[dict[str, int], dict[str, int], Any, Any]:
+        before = await last_seqs()
+        nc = await nats.connect(deployed.url(user))
+        try:
+            await nc.publish(f"{API}.STREAM.INFO.{mine}", b"{}", reply=fact)
+            await nc.flush()
+            deadline = time.monotonic() + 30
+            while (rejection := await direct_get(nc, mine, before[mine] + 1)) is None:
+                assert time.monotonic() < deadline, "the stored answer was never rejected"
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+        admin = await nats.connect(deployed.url("admin"))
+        try:
+            stored = await admin.request(
+                f"$JS.API.DIRECT.GET.{intake_stream(user)}", json.dumps({"seq": before[intake_stream(user)] + 1}).encode(), timeout=5
+            )
+        finally:
+            await admin.close()
+        return before, await last_seqs(), stored, rejection
+
+    before, after, stored, rejection = asyncio.run(run())
+    assert stored.headers["Nats-Subject"] == aimed
+    assert json.loads(stored.data)["type"] == "io.nats.jetstream.api.v1.stream_info_response"
+    refused = decode_rejection(rejection.data)
+    assert refused.subject == aimed and refused.reason == "malformed", refused
+    grown = {s for s in watched if after[s] != before[s]}
+    assert grown == {intake_stream(user), mine}, {s: (before[s], after[s]) for s in grown}
+    TRIED.append(("api-answer-aimed-at-own-fact", "stored in the sender's own intake, rejected to the sender"))
