@@ -35,11 +35,10 @@ from consumers.commands import apply
 from contract.messages import TargetSet, Text, Upstream, decode
 from contract.rejection import SEAL_ROOM, Rejection, encode_rejection
 from contract.subjects import split_upstream
-from ledger.domain.refusals import NotAuthorised
-from ledger.senders import UNATTRIBUTED
 from ledger.application import Ledger
-from ledger.domain.refusals import Refusal
+from ledger.domain.refusals import NotAuthorised, Refusal
 from ledger.jetstream.datastore import Decisions, Fence, WriterFencedError
+from ledger.senders import UNATTRIBUTED
 
 log = logging.getLogger(__name__)
 

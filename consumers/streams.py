@@ -58,13 +58,16 @@ def intake_spec(sender: str, replicas: int = 1, limits: IntakeLimits = IntakeLim
     )
 
 
-def upstream_spec(replicas: int = 1, duplicate_window_s: float = 3600.0) -> StreamSpec:
-    """UPSTREAM, derived from every intake, in the order the server copies them."""
+def upstream_spec(replicas: int = 1) -> StreamSpec:
+    """UPSTREAM, derived from every intake, in the order the server copies them. It has no
+    duplicate window: a stream deduplicates what it derives on ``Nats-Msg-Id`` too, so with one,
+    two senders' messages with the same ``msg_id`` would become one (each intake deduplicates its
+    own sender's)."""
     return StreamSpec(
         name=UPSTREAM_STREAM,
         subjects=(),
         replicas=replicas,
-        duplicate_window_s=duplicate_window_s,
+        duplicate_window_s=0.0,
         sources=tuple((intake_stream(s), intake_subjects(s), intake_subjects(s)) for s in UPSTREAM_SENDERS),
     )
 
@@ -76,15 +79,28 @@ def sender_rejected_spec(sender: str, replicas: int = 1) -> StreamSpec:
 
 
 def ingest_specs(replicas: int = 1, limits: IntakeLimits = IntakeLimits()) -> list[StreamSpec]:
-    """Every stream of the ingestion, in the order to create them: UPSTREAM first (an older
-    UPSTREAM with subjects of its own gives them up before the intakes take them), then the
-    intakes, REJECTED and the senders' shares of it."""
+    """Every stream of the ingestion, in the order to create them: each derived stream after
+    those it is derived from (the server retries a source that is missing only after a back-off
+    of seconds). An older UPSTREAM with subjects of its own must give them up before the intakes
+    can take them: ``ensure_ingest_streams`` upgrades it first."""
     return [
-        upstream_spec(replicas),
         *(intake_spec(s, replicas, limits) for s in UPSTREAM_SENDERS),
+        upstream_spec(replicas),
         rejected_spec(replicas),
         *(sender_rejected_spec(s, replicas) for s in SENDERS),
     ]
+
+
+async def ensure_ingest_streams(api: Any, replicas: int = 1, limits: IntakeLimits = IntakeLimits()) -> None:
+    """Create what is missing of ``ingest_specs`` and upgrade older layouts, through the JetStream
+    API ``api(subject, request)``; an existing stream with weaker settings is refused
+    (``StreamSettingsError``)."""
+    upstream = upstream_spec(replicas)
+    info = await api(f"$JS.API.STREAM.INFO.{upstream.name}")
+    if "error" not in info and info["config"].get("subjects"):
+        await upstream.ensure(api)  # the older layout: UPSTREAM gives up upstream.> to the intakes
+    for spec in ingest_specs(replicas, limits):
+        await spec.ensure(api)
 
 
 def rejected_spec(

@@ -23,6 +23,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder
 
+from ledger import senders
 from ledger.commands import (
     ChangeEmployeeInsurance,
     Command,
@@ -43,7 +44,6 @@ from ledger.domain.policy import DEFAULT_POLICY, RegionPolicy, load_policy
 from ledger.domain.refusals import DuplicateReceipt, Malformed, MsgIdConflict, NoEnrollment, Refusal
 from ledger.domain.source import Source
 from ledger.domain.targets import DistrictTarget, target_id
-from ledger import senders
 from ledger.senders import CASH_CHANNEL
 from ledger.transcodings import LEDGER_TRANSCODINGS
 from ledger.unit_of_work import DecisionRecord, UnitOfWork

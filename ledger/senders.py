@@ -42,20 +42,20 @@ class Entitlement:
     """The roster categories of this sender's department."""
 
 
-_PAYMENTS = frozenset({c.RequestEnrollment, c.ReceivePayment})
+_PAYMENTS: frozenset[type[c.Command]] = frozenset({c.RequestEnrollment, c.ReceivePayment})
 
 SENDERS: dict[str, Entitlement] = {
     "wechat_pay": Entitlement("the WeChat payment system", _PAYMENTS, frozenset({"wechat"})),
-    "tax": Entitlement("the tax office", frozenset({c.ReceivePayment, c.RemitCash}), frozenset({"tax"})),
+    "tax": Entitlement("the tax office", frozenset[type[c.Command]]({c.ReceivePayment, c.RemitCash}), frozenset({"tax"})),
     "community": Entitlement(
         "the community (neighbourhood and village) committees",
-        frozenset({c.RegisterPerson, c.RequestEnrollment, c.ReceivePayment, c.RemitCash}),
+        frozenset[type[c.Command]]({c.RegisterPerson, c.RequestEnrollment, c.ReceivePayment, c.RemitCash}),
         frozenset({"community_qr", CASH_CHANNEL}),
     ),
     "universities": Entitlement("universities and the education bureau's schools", _PAYMENTS, frozenset({"university", "school"})),
     "civil_affairs": Entitlement(
         "civil affairs (民政)",
-        frozenset({c.ListSubsidy, c.RegisterDeath}),
+        frozenset[type[c.Command]]({c.ListSubsidy, c.RegisterDeath}),
         subsidy_categories=frozenset(
             {"extreme_poverty", "scattered_orphan", "dibao", "low_income_elderly", "monitored_low_income"}
         ),
@@ -69,7 +69,7 @@ SENDERS: dict[str, Entitlement] = {
         "the health commission (卫健)", frozenset({c.ListSubsidy}), subsidy_categories=frozenset({"family_planning_special"})
     ),
     "employee_insurance": Entitlement("the employee-insurance system", frozenset({c.ChangeEmployeeInsurance})),
-    "public_security": Entitlement("public security (household registration)", frozenset({c.RegisterPerson, c.RegisterDeath})),
+    "public_security": Entitlement("public security (household registration)", frozenset[type[c.Command]]({c.RegisterPerson, c.RegisterDeath})),
     "veterans": Entitlement("veterans affairs", frozenset({c.RegisterDischarge})),
     "bureau": Entitlement("the medical security bureau", frozenset({c.SetTarget})),
 }
@@ -89,8 +89,8 @@ def check(sender: str | None, command: c.Command, channel: str | None) -> None:
         raise NotAuthorised(f"{entitlement.office} ({sender}) may not send {fact}")
     if type(command) in _PAYMENTS and channel not in entitlement.channels:
         raise NotAuthorised(f"{entitlement.office} ({sender}) may not send through channel {channel!r}")
-    if isinstance(command, c.ReceivePayment) and CASH_CHANNEL not in entitlement.channels:
-        if command.collector_id is not None or command.receipt_no is not None:
-            raise NotAuthorised(f"{entitlement.office} ({sender}) collects no cash: a payment from it names no collector or receipt")
+    names_cash = isinstance(command, c.ReceivePayment) and (command.collector_id is not None or command.receipt_no is not None)
+    if names_cash and CASH_CHANNEL not in entitlement.channels:
+        raise NotAuthorised(f"{entitlement.office} ({sender}) collects no cash: a payment from it names no collector or receipt")
     if isinstance(command, c.ListSubsidy) and command.subsidy_category not in entitlement.subsidy_categories:
         raise NotAuthorised(f"{entitlement.office} ({sender}) keeps no roster of {command.subsidy_category!r}")

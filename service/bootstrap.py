@@ -633,7 +633,8 @@ async def ensure_ingest_streams(connection: Any, replicas: int = 1, limits: Inta
     """The intakes, UPSTREAM and REJECTED (``consumers.streams``), created if missing (an existing
     one with weaker settings is refused, an older layout upgraded). ``connection``: a nats-py
     connection or a broker."""
-    from consumers.streams import IntakeLimits, ingest_specs
+    from consumers.streams import IntakeLimits
+    from consumers.streams import ensure_ingest_streams as ensure
 
     nc = await connection.connect() if hasattr(connection, "subscriber") else connection
 
@@ -641,5 +642,4 @@ async def ensure_ingest_streams(connection: Any, replicas: int = 1, limits: Inta
         reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
         return dict(json.loads(reply.data))
 
-    for spec in ingest_specs(replicas, limits or IntakeLimits()):
-        await spec.ensure(api)
+    await ensure(api, replicas, limits or IntakeLimits())

@@ -261,6 +261,8 @@ class StreamSpec:
             found.append(f"it is not derived from {sorted(lacking)}")
         if self.sources and config.get("subjects"):
             found.append(f"it has subjects of its own {config.get('subjects')} (anyone allowed could publish into it)")
+        if self.sources and not self.duplicate_window_s and config.get("duplicate_window"):
+            found.append("it deduplicates what it derives (a duplicate window): messages of different origins with one Nats-Msg-Id would be lost")
         return found
 
     _LIMITS = ("max_bytes", "max_msg_size", "max_age", "discard")
@@ -289,7 +291,8 @@ class StreamSpec:
         """Whether the existing stream lacks only subjects or sources of this spec."""
         weak = self.weaknesses(config)
         return bool(weak) and all(
-            w.startswith(("subjects lack", "it is not derived", "it has subjects of its own", "limits differ")) for w in weak
+            w.startswith(("subjects lack", "it is not derived", "it has subjects of its own", "limits differ", "it deduplicates"))
+            for w in weak
         )
 
     def upgraded(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -300,6 +303,7 @@ class StreamSpec:
         config["subjects"] = sorted(set(config.get("subjects") or ()) | set(self.subjects)) if not self.sources else list(self.subjects)
         if self.sources:
             config["sources"] = wanted["sources"]
+            config["duplicate_window"] = wanted["duplicate_window"]
         if self.limited:
             config.update({limit: wanted[limit] for limit in self._LIMITS})
         return config

@@ -132,7 +132,7 @@ def test_publish_prints_its_summary_as_json(tmp_path: Path) -> None:
     # Given a running NATS with the UPSTREAM stream and a file of one message
     import asyncio
 
-    from consumers.streams import upstream_spec
+    from consumers.streams import ensure_ingest_streams
     from ledger.jetstream.server import EmbeddedNatsServer
     from tests.integration.ingest_support import api
 
@@ -144,7 +144,7 @@ def test_publish_prints_its_summary_as_json(tmp_path: Path) -> None:
             async def call(subject: str, request: dict | None = None) -> dict:
                 return await api(server.url, subject, request)
 
-            await upstream_spec().ensure(call)
+            await ensure_ingest_streams(call)
 
         asyncio.run(create())
         # When the file is published with --format json

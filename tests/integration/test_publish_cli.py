@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.streams import upstream_spec
+from consumers.streams import ensure_ingest_streams
 from ledger.jetstream.server import EmbeddedNatsServer
-from tests.integration.ingest_support import ROOT, api, people
+from tests.integration.ingest_support import ROOT, api, people, wait_for
 
 ROSTER = "msg_id,occurred_at,id_number,coverage_year,subsidy_category,department,roster\n"
 
@@ -33,7 +33,7 @@ def upstream(tmp_path: Path) -> EmbeddedNatsServer:
         async def call(subject: str, request: dict | None = None) -> dict:
             return await api(server.url, subject, request)
 
-        await upstream_spec().ensure(call)
+        await ensure_ingest_streams(call)
 
     asyncio.run(create())
     yield server
@@ -51,8 +51,7 @@ def test_a_csv_roster_is_published_as_typed_messages_with_their_msg_id(upstream:
     assert run.returncode == 0, run.stderr
     assert "published 3 messages" in run.stderr
 
-    info = asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM"))
-    assert info["state"]["messages"] == 3
+    wait_for(lambda: asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM"))["state"]["messages"] == 3, 10, "UPSTREAM")
     first = asyncio.run(api(upstream.url, "$JS.API.STREAM.MSG.GET.UPSTREAM", {"seq": 1}))["message"]
     import base64
 
@@ -62,7 +61,26 @@ def test_a_csv_roster_is_published_as_typed_messages_with_their_msg_id(upstream:
 
     again = publish(upstream.url, "upstream.subsidy.listed", roster)  # sent twice: deduplicated
     assert again.returncode == 0
+    intake = asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM_UNATTRIBUTED"))
+    assert intake["state"]["messages"] == 3
     assert asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM"))["state"]["messages"] == 3
+
+
+def test_a_roster_published_as_a_sender_reaches_that_senders_intake(upstream: EmbeddedNatsServer, tmp_path: Path) -> None:
+    """``--sender`` plays a sender on a server without accounts: the messages go where that
+    sender's account import would deliver them, and only that sender's ids deduplicate them."""
+    roster = tmp_path / "dibao.csv"
+    roster.write_text(ROSTER + f"r0,2021-08-20T09:00:00+08:00,{people(1, 'sender')[0]},2022,dibao,civil_affairs,2021-08\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli", "publish", "upstream.subsidy.listed", str(roster), "--nats-url", upstream.url,
+         "--sender", "civil_affairs"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    publish(upstream.url, "upstream.subsidy.listed", roster)  # the same msg_id, unattributed: another message
+    intake = asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM_CIVIL_AFFAIRS", {"subjects_filter": ">"}))
+    assert intake["state"]["subjects"] == {"upstream.civil_affairs.subsidy.listed": 1}
+    wait_for(lambda: asyncio.run(api(upstream.url, "$JS.API.STREAM.INFO.UPSTREAM"))["state"]["messages"] == 2, 10, "UPSTREAM")
 
 
 def test_a_csv_row_the_schema_refuses_names_its_line(upstream: EmbeddedNatsServer, tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ from ledger.domain.refusals import (
     Refusal,
     UnknownDistrict,
 )
-from tests.scenario.conftest import at
 from tests.scenario import test_senders
+from tests.scenario.conftest import at
 from tests.scenario.steps_status import (
     COMMUNITY_CASH,
     STANDARD_Y,
