@@ -166,31 +166,66 @@ def _start_serve(url: str, data_dir: Path, secrets: dict[str, str]) -> subproces
 
 
 async def _publish(url: str, season: Season, progress: _Progress) -> int:
+    """Publish the season, each message as its sender's account import would deliver it (the
+    embedded server has no accounts), in the season's order.
+
+    Each sender has its own intake, and the server copies the intakes into UPSTREAM each at its
+    own pace: two senders' messages published a millisecond apart may reach UPSTREAM either way
+    round. In a real season facts about one person from two systems (a registration and an
+    enrollment, an enrollment at the committee and a payment by WeChat, a death and a payment)
+    are minutes or days apart; the demo publishes months in seconds. So before it publishes a
+    message about someone (a person, a cash collector) whose previous message came from another
+    sender, it waits until UPSTREAM holds everything published so far."""
     import nats
 
     nc = await nats.connect(url)
     js = nc.jetstream()
     done = 0
+    start = await _upstream_messages(nc)
+    senders: dict[str, str] = {}
+    """The sender of the last message about each person or collector since the last wait."""
     try:
         with progress.bar("publishing upstream messages", len(season.messages)) as advance:
             pending: list[asyncio.Future[PubAck]] = []
+
+            async def settle() -> None:
+                nonlocal done
+                await asyncio.gather(*pending)
+                done += len(pending)
+                advance(len(pending))
+                pending.clear()
+
             for message in season.messages:
+                about = [str(message.body[k]) for k in ("id_number", "collector_id") if k in message.body]
+                sender = message.sender
+                if any(senders.get(key, sender) != sender for key in about):
+                    await settle()
+                    await _until_upstream_holds(nc, start + done)
+                    senders.clear()
+                senders.update((key, sender) for key in about)
                 body = json.dumps(message.body, ensure_ascii=False).encode()
                 msg_id = str(message.body.get("msg_id") or f"demo-{done + len(pending)}")
-                # As each sender's account would deliver it (the embedded server has no accounts).
-                subject = upstream_subject(message.subject, message.sender)
+                subject = upstream_subject(message.subject, sender)
                 pending.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}))
                 if len(pending) >= 1000:
-                    await asyncio.gather(*pending)
-                    done += len(pending)
-                    advance(len(pending))
-                    pending.clear()
-            await asyncio.gather(*pending)
-            done += len(pending)
-            advance(len(pending))
+                    await settle()
+            await settle()
     finally:
         await nc.close()
     return done
+
+
+async def _upstream_messages(nc: Any) -> int:
+    reply = await nc.request(f"$JS.API.STREAM.INFO.{UPSTREAM_STREAM}", b"", timeout=10)
+    return int(json.loads(reply.data).get("state", {}).get("messages", 0))
+
+
+async def _until_upstream_holds(nc: Any, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await _upstream_messages(nc) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"UPSTREAM did not reach {count} messages in {timeout:.0f} s")
+        await asyncio.sleep(0.005)
 
 
 def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, serve: subprocess.Popen[bytes]) -> float:
@@ -201,7 +236,7 @@ def _catch_up(url: str, data_dir: Path, published: int, progress: _Progress, ser
         info = asyncio.run(_api(url, "$JS.API.CONSUMER.INFO.UPSTREAM.ledger-ingest"))
         return int(info.get("ack_floor", {}).get("stream_seq", 0))
 
-    upstream_end = _last_seq(url, UPSTREAM_STREAM)  # what the stream kept (a repeated msg_id is dropped)
+    upstream_end = _upstream_end(url)  # what the intakes kept (a repeated msg_id is dropped), copied into UPSTREAM
     with progress.bar("ledger ingesting", upstream_end) as advance:
         seen = 0
         while seen < upstream_end:
@@ -251,6 +286,21 @@ def _last_event_seq(url: str) -> int:
             await nc.close()
 
     return asyncio.run(ask())
+
+
+def _upstream_end(url: str, timeout: float = 120.0) -> int:
+    """UPSTREAM's last sequence once it holds every message the senders' intakes hold. The server
+    copies each intake into UPSTREAM a moment after the publish (a stream source): read at once,
+    UPSTREAM may lack the last ones, and the demo would report before they were decided."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = asyncio.run(_api(url, "$JS.API.STREAM.NAMES")).get("streams") or []
+        intakes = [n for n in names if n.startswith(f"{UPSTREAM_STREAM}_")]
+        held = sum(int(asyncio.run(_api(url, f"$JS.API.STREAM.INFO.{n}")).get("state", {}).get("messages", 0)) for n in intakes)
+        state = asyncio.run(_api(url, f"$JS.API.STREAM.INFO.{UPSTREAM_STREAM}")).get("state", {})
+        if int(state.get("messages", 0)) >= held or time.monotonic() > deadline:
+            return int(state.get("last_seq", 0))
+        time.sleep(0.1)
 
 
 def _last_seq(url: str, stream: str) -> int:

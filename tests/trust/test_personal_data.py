@@ -148,7 +148,7 @@ def run_season(directory: Path, *, cipher_key_file: Path | None = None, embedded
         assert serve.poll() is None, (directory / "serve.log").read_text()[-3000:]
         url = server.url if server is not None else (directory / "serve.url").read_text()
         asyncio.run(_publish(url, season()))
-        upstream_end = _last_seq(url, "UPSTREAM")
+        upstream_end = _upstream_end(url)
         wait_for(lambda: ingestion_finished(url, upstream_end) or serve.poll() is not None, 60, "the ingestion")
         ledger_end = last_event_seq(url)  # tracking records and rejections follow the events
         asyncio.run(wait_for_rejected(url))
@@ -182,6 +182,35 @@ def _last_seq(url: str, stream: str) -> int:
         nc = await nats.connect(url)
         try:
             return int((await nc.jetstream().stream_info(stream)).state.last_seq)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def _upstream_end(url: str) -> int:
+    """UPSTREAM's last sequence once it holds every message the senders' intakes hold (the server
+    copies them a moment after each publish: read at once, the last ones may be missing)."""
+    last: dict[str, int] = {}
+
+    def complete() -> bool:
+        intakes = [s for s in stream_names(url) if s.startswith("UPSTREAM_")]
+        held = sum(_state(url, s)[0] for s in intakes)
+        messages, last["seq"] = _state(url, "UPSTREAM")
+        return messages >= held
+
+    wait_for(complete, 60, "UPSTREAM to hold every message of the intakes")
+    return last["seq"]
+
+
+def _state(url: str, stream: str) -> tuple[int, int]:
+    """(messages, last sequence) of ``stream``."""
+
+    async def ask() -> tuple[int, int]:
+        nc = await nats.connect(url)
+        try:
+            state = (await nc.jetstream().stream_info(stream)).state
+            return int(state.messages), int(state.last_seq)
         finally:
             await nc.close()
 
