@@ -232,7 +232,8 @@ class JetStreamSubscription(Subscription[JetStreamApplicationRecorder]):
 
     While behind the end of the stream it reads pages by batched direct get (with read-ahead):
     the reader sets the pace, nothing piles up. At the end it follows the stream live with an
-    ordered push consumer from the next sequence. Should the reader then fall behind by more
+    ordered push consumer from the next sequence (a reader in another account, through its
+    imports, may make no consumer: it keeps asking for pages instead). Should the reader then fall behind by more
     than the live buffer holds, the consumer is dropped at the first message that did not fit
     and reading goes back to pages from there — a push consumer outrunning its reader would
     otherwise have the client drop messages (nats-py's slow-consumer limits) that the ordered
