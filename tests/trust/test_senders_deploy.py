@@ -72,8 +72,7 @@ UNPAID = _valid_id("340104197911120032")
 
 def extras() -> list[Message]:
     """Besides the season: two residents registered and enrolled (through community_qr), one paid
-    through the tax office (the season's tax payments are for its tax-channel enrollments, left
-    out below)."""
+    through the tax office (whatever the season's tax-channel enrollments become)."""
     messages = []
     for n, id_number in enumerate((TAX_PAYER, UNPAID)):
         messages += [
@@ -159,9 +158,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         server.serve = serve  # type: ignore[assignment]  # stopped by stop_deploy_server
         wait_for(lambda: (directory / "data" / "serve.url").exists() or not serve.alive, 60, "ledger serve as the ledger user")
         assert serve.alive, serve.log_tail()
-        # The season's enrollments through the tax channel (sender_of: the tax office) are left
-        # out: ledger/senders.py entitles the tax office to payments and remittances only, and
-        # accounts.conf lets it publish nothing else (its publish would be a permissions violation).
+        # A season message its sender may not send at all (ledger/senders.py; accounts.conf would
+        # refuse the publish as a permissions violation) is left out: with the tax office entitled
+        # to payments and remittances only, its tax-channel enrollments were.
         season = [m for m in simulate(MIN_PEOPLE, seed=12).messages if m.subject in FACTS_OF[m.sender]] + extras()
         deployed = Deployed(server, serve, season)
 
