@@ -46,7 +46,11 @@ _PAYMENTS: frozenset[type[c.Command]] = frozenset({c.RequestEnrollment, c.Receiv
 
 SENDERS: dict[str, Entitlement] = {
     "wechat_pay": Entitlement("the WeChat payment system", _PAYMENTS, frozenset({"wechat"})),
-    "tax": Entitlement("the tax office", frozenset[type[c.Command]]({c.ReceivePayment, c.RemitCash}), frozenset({"tax"})),
+    "tax": Entitlement(
+        "the tax office (its app and counters enroll and collect; community cash is remitted to it)",
+        frozenset[type[c.Command]]({c.RequestEnrollment, c.ReceivePayment, c.RemitCash}),
+        frozenset({"tax"}),
+    ),
     "community": Entitlement(
         "the community (neighbourhood and village) committees",
         frozenset[type[c.Command]]({c.RegisterPerson, c.RequestEnrollment, c.ReceivePayment, c.RemitCash}),

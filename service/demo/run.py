@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from contract.subjects import REJECTED_STREAM, UPSTREAM_STREAM, upstream_subject
 from ledger.domain.identity import PersonKeyer, ResidentId
 from ledger.domain.policy import RegionPolicy
-from simulation.season import Season, simulate
+from simulation.season import Message, Season, simulate
 
 if TYPE_CHECKING:
     from nats.js.api import PubAck
@@ -167,52 +167,60 @@ def _start_serve(url: str, data_dir: Path, secrets: dict[str, str]) -> subproces
 
 async def _publish(url: str, season: Season, progress: _Progress) -> int:
     """Publish the season, each message as its sender's account import would deliver it (the
-    embedded server has no accounts), in the season's order.
+    embedded server has no accounts).
 
     Each sender has its own intake, and the server copies the intakes into UPSTREAM each at its
     own pace: two senders' messages published a millisecond apart may reach UPSTREAM either way
     round. In a real season facts about one person from two systems (a registration and an
     enrollment, an enrollment at the committee and a payment by WeChat, a death and a payment)
-    are minutes or days apart; the demo publishes months in seconds. So before it publishes a
-    message about someone (a person, a cash collector) whose previous message came from another
-    sender, it waits until UPSTREAM holds everything published so far."""
+    are minutes or days apart; the demo publishes months in seconds. So it publishes in rounds
+    (``_rounds``): a message whose person or cash collector last heard from another sender waits
+    for the next round, and each round starts once UPSTREAM holds the one before."""
     import nats
 
     nc = await nats.connect(url)
     js = nc.jetstream()
     done = 0
     start = await _upstream_messages(nc)
-    senders: dict[str, str] = {}
-    """The sender of the last message about each person or collector since the last wait."""
     try:
         with progress.bar("publishing upstream messages", len(season.messages)) as advance:
-            pending: list[asyncio.Future[PubAck]] = []
-
-            async def settle() -> None:
-                nonlocal done
+            for round_ in _rounds(season.messages):
+                pending: list[asyncio.Future[PubAck]] = []
+                for message in round_:
+                    body = json.dumps(message.body, ensure_ascii=False).encode()
+                    msg_id = str(message.body.get("msg_id") or f"demo-{done + len(pending)}")
+                    subject = upstream_subject(message.subject, message.sender)
+                    pending.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}))
+                    if len(pending) >= 1000:
+                        await asyncio.gather(*pending)
+                        done += len(pending)
+                        advance(len(pending))
+                        pending.clear()
                 await asyncio.gather(*pending)
                 done += len(pending)
                 advance(len(pending))
-                pending.clear()
-
-            for message in season.messages:
-                about = [str(message.body[k]) for k in ("id_number", "collector_id") if k in message.body]
-                sender = message.sender
-                if any(senders.get(key, sender) != sender for key in about):
-                    await settle()
-                    await _until_upstream_holds(nc, start + done)
-                    senders.clear()
-                senders.update((key, sender) for key in about)
-                body = json.dumps(message.body, ensure_ascii=False).encode()
-                msg_id = str(message.body.get("msg_id") or f"demo-{done + len(pending)}")
-                subject = upstream_subject(message.subject, sender)
-                pending.append(await js.publish_async(subject, body, headers={"Nats-Msg-Id": msg_id}))
-                if len(pending) >= 1000:
-                    await settle()
-            await settle()
+                await _until_upstream_holds(nc, start + done)
     finally:
         await nc.close()
     return done
+
+
+def _rounds(messages: list[Message]) -> list[list[Message]]:
+    """The season's messages in rounds, each in the season's order: a message goes in the round
+    of the last message about the same person or collector, or the next one when that came from
+    another sender. So the messages about anyone keep their order, and those from two senders
+    are a round apart."""
+    last: dict[str, tuple[int, str]] = {}
+    rounds: list[list[Message]] = []
+    for message in messages:
+        about = [str(message.body[k]) for k in ("id_number", "collector_id") if k in message.body]
+        sender = message.sender
+        number = max((n + (s != sender) for n, s in (last[k] for k in about if k in last)), default=0)
+        while len(rounds) <= number:
+            rounds.append([])
+        rounds[number].append(message)
+        last.update((key, (number, sender)) for key in about)
+    return rounds
 
 
 async def _upstream_messages(nc: Any) -> int:
