@@ -152,6 +152,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         signing_key = signing_key_file(settings)
         ledger = await asyncio.to_thread(functools.partial(ledger_for, settings, url, signing_key=signing_key))
         stack.push_async_callback(asyncio.to_thread, ledger.close)
+        _log_payload_encryption(settings, ledger)
         observed.watch(ledger=ledger)
         checkpoints = start_checkpoints(ledger, settings, signing_key)
         roles: list[str] = []
@@ -526,6 +527,15 @@ def ledger_for(
     if new_key:
         _only_for_an_empty_ledger(ledger, key_file)
     return ledger
+
+
+def _log_payload_encryption(settings: Settings, ledger: Ledger) -> None:
+    """Say at start whether LEDGER's payloads are encrypted, and with which key (never the key)."""
+    if ledger.mapper.cipher is None:
+        log.info("event=payload_encryption state=off: LEDGER_PAYLOAD_ENCRYPTION=off, payloads stored in clear")
+        return
+    key = settings.cipher_key_file or ("LEDGER_CIPHER_KEY" if settings.cipher_key else settings.data_dir / CIPHER_KEY_FILE)
+    log.info("event=payload_encryption state=on key=%s", key)
 
 
 def _only_for_an_empty_ledger(ledger: Ledger, key_file: Path) -> None:

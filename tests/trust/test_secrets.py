@@ -127,9 +127,11 @@ def test_serve_url_names_the_server_without_its_credentials(guarded: Guarded) ->
     files = [p for p in guarded.data_dir.rglob("*") if p.is_file()]
     assert len(files) >= 4, files  # serve.url, serve.lock, the views, the signing key
     assert [p.name for p in files if PASSWORD.encode() in p.read_bytes()] == []
-    # And its log shows the user, never the password
+    # And its log shows the user, never the password; and the payload key's file, never the key
     log = guarded.log.read_text()
     assert "nats://ledger:***@" in log and PASSWORD not in log
+    assert f"event=payload_encryption state=on key={guarded.key_file}" in log
+    assert guarded.key_file.read_text().strip() not in log
 
 
 def test_commands_that_find_the_server_by_serve_url_bring_their_own_credentials(guarded: Guarded) -> None:
@@ -174,6 +176,7 @@ def test_the_embedded_setup_keeps_its_secrets_0600_and_encrypts_by_default(tmp_p
     for secret in ("person-key.secret", "cipher.key"):
         assert mode(data / secret) == 0o600, secret
     assert len(base64.b64decode((data / "cipher.key").read_text())) == 32
+    assert f"event=payload_encryption state=on key={data / 'cipher.key'}" in (tmp_path / "serve.log").read_text()
     # And the ledger's events are sealed with that key: not JSON, no field name in sight
     assert len(events) >= 3
     for body in events:
@@ -221,6 +224,7 @@ def test_a_ledger_written_in_clear_is_not_given_a_new_key(tmp_path: Path) -> Non
     finally:
         assert stop(serve) == 0
     assert not (data / "cipher.key").exists()
+    assert "event=payload_encryption state=off" in (tmp_path / "serve.log").read_text()
     # When it is served again with the default (encryption on)
     again = ledger("serve", "--data-dir", str(data), env=clean_env())
     # Then it is refused in one line, and no key is left behind to mix with the clear events
