@@ -313,6 +313,7 @@ class LedgerProjection(Projection[LedgerViews]):
                 source.msg_id if source else None,
                 source.policy_version if source else None,
                 _encode(detail).decode(),
+                getattr(source, "account", None),
             ),
         )
 

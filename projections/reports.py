@@ -192,7 +192,9 @@ def years_in_views(db: Database) -> list[int]:
 
 
 def _actor(event: dict[str, Any]) -> str:
-    parts = [event.get("system") or "", event.get("channel") or event.get("org_id") or ""]
+    """Who sent the fact behind an audit row: the sender's account when the server said it (else
+    the system the subject stands for), the channel or organisation, the operator."""
+    parts = [event.get("account") or event.get("system") or "", event.get("channel") or event.get("org_id") or ""]
     if event.get("operator_id"):
         parts.append(f"operator {event['operator_id']}")
     return ":".join(p for p in parts[:2] if p) + (f" ({parts[2]})" if len(parts) > 2 else "")

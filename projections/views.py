@@ -68,7 +68,7 @@ CREATE VIEW IF NOT EXISTS waiting_periods AS
 CREATE TABLE IF NOT EXISTS audit (
     ledger_seq BIGINT PRIMARY KEY, subject_key TEXT NOT NULL, event TEXT NOT NULL,
     coverage_year INTEGER, effective_at TEXT, recorded_at TEXT NOT NULL, system TEXT, channel TEXT,
-    operator_id TEXT, org_id TEXT, msg_id TEXT, policy_version TEXT, detail TEXT
+    operator_id TEXT, org_id TEXT, msg_id TEXT, policy_version TEXT, detail TEXT, account TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject_key, ledger_seq);
 CREATE TABLE IF NOT EXISTS rejections (
@@ -131,9 +131,12 @@ COVERAGE = (
     "subsidy_category", "contribution_fen", "subsidy_fen", "due_fen", "paid_fen", "refund_fen",
     "ended_on", "ended_reason", "policy_version", "ledger_seq",
 )
+ADDED_COLUMNS = (("audit", "account", "TEXT"),)
+"""Columns added to a table after views were first created: added to older view databases on start."""
+
 AUDIT = (
     "ledger_seq", "subject_key", "event", "coverage_year", "effective_at", "recorded_at", "system",
-    "channel", "operator_id", "org_id", "msg_id", "policy_version", "detail",
+    "channel", "operator_id", "org_id", "msg_id", "policy_version", "detail", "account",
 )
 REJECTIONS = ("rejected_seq", "person_key", "reason", "subject", "msg_id", "detail", "recorded_at")
 FLAGS = ("rule", "subject_key", "position", "coverage_year", "detail", "parameters", "evidence", "raised_at")
@@ -207,6 +210,17 @@ class LedgerViews(TrackingRecorder):
                     if self.db.dialect == "postgresql":
                         sql = sql.replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")
                     self.db.execute(sql)
+            for table, column, kind in ADDED_COLUMNS:
+                if not self._has_column(table, column):
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _has_column(self, table: str, column: str) -> bool:
+        if self.db.dialect == "postgresql":
+            return bool(self.db.query(
+                "SELECT 1 FROM information_schema.columns WHERE table_name = ? AND column_name = ? AND table_schema = current_schema()",
+                (table, column),
+            ))  # fmt: skip
+        return any(row[1] == column for row in self.db.query(f"PRAGMA table_info({table})"))
 
     # ---- staging (the projection's thread) ------------------------------------------------------
 
