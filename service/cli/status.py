@@ -101,10 +101,12 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
     ledger_stream, prefix = datastore.stream, datastore.prefix
     tracking_subject = datastore.tracking_subject(UPSTREAM_STREAM)
     nc = await connect_quietly(url)
+    # An auditor reads through its account's imports of the ledger's API (NATS_API_PREFIX).
+    under = datastore.client.api_subject
     try:
 
         async def api(subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-            reply = await nc.request(subject, json.dumps(request).encode() if request else b"", timeout=10)
+            reply = await nc.request(under(subject), json.dumps(request).encode() if request else b"", timeout=10)
             return json.loads(reply.data)
 
         streams = {}
@@ -120,7 +122,7 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
             """The last message on ``subject`` (None: none, or the stream is missing)."""
             try:
                 message = await nc.request(
-                    f"$JS.API.DIRECT.GET.{stream}", json.dumps({"last_by_subj": subject}).encode(), timeout=10
+                    under(f"$JS.API.DIRECT.GET.{stream}"), json.dumps({"last_by_subj": subject}).encode(), timeout=10
                 )
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 return None
@@ -128,8 +130,9 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
 
         writer = None
         try:
-            entry = await (await nc.jetstream().key_value(BUCKET)).get("ingest")
-        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+            js = nc.jetstream(prefix=datastore.client.api_prefix)
+            entry = await (await js.key_value(BUCKET)).get("ingest")
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError, nats.errors.NoRespondersError):
             entry = None
         if entry is not None and entry.value:
             value = msgspec.json.decode(entry.value)
@@ -143,7 +146,7 @@ async def _stream_state(url: str, datastore: Any) -> dict[str, Any]:
         if "LEDGER" in streams:
 
             async def request(subject: str, payload: bytes) -> bytes:
-                return (await nc.request(subject, payload, timeout=10)).data
+                return (await nc.request(under(subject), payload, timeout=10)).data
 
             rejections = await rejections_recorded(request, ledger_stream=ledger_stream, ledger_prefix=prefix)
         checkpoint = None

@@ -17,7 +17,7 @@ season of 200 people goes in, every message through the account of the system th
   each with exactly one outcome;
 - a message over the size limit is refused at publish, a full intake refuses its sender only;
 - an auditor (its own account, ``NATS_API_PREFIX=$JS.ledger.API``) runs ``ledger verify``,
-  ``replay``, ``coverage`` and ``parked list``, reading by stream info and direct get only;
+  ``replay``, ``coverage``, ``parked list`` and ``status``, reading by stream info and direct get only;
 - with ``LEDGER_UNATTRIBUTED=refuse``, a fact without a sender token is ``not_authorised``;
 - and every upstream message has exactly one outcome.
 """
@@ -471,6 +471,10 @@ def test_an_auditor_verifies_replays_and_reads_coverage_through_its_imports(depl
 
     parked = ledger_command(deployed, "auditor", "parked", "list", "--format", "json", "--data-dir", str(tmp_path / "audit"), env=auditor)
     assert parked.returncode == 0 and json.loads(parked.stdout) == [], parked.stdout + parked.stderr[-3000:]
+    status = ledger_command(deployed, "auditor", "status", "--format", "json", "--data-dir", str(tmp_path / "audit"), env=auditor)
+    assert status.stdout, status.stderr[-3000:]
+    report = json.loads(status.stdout)
+    assert report["writer"] and report["streams"]["LEDGER"]["messages"] and "COVERAGE" in report["streams"], status.stderr[-3000:]
     log = (deployed.server.directory / "nats-server.log").read_text()
     assert '"AUDIT/user:auditor" - Publish Violation' not in log, "the auditor's commands asked for something not imported"
 
