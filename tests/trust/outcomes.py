@@ -4,7 +4,7 @@ The ingestion writes, in one atomic batch with a batch's events (see issue 11):
 
 - ``ledger.evt.<aggregate>``: the events; each event's ``source`` names the UPSTREAM sequence of
   the message that caused it (``upstream_seq``);
-- ``ledger.rej.<reason>``: one rejection per rejected message (the JSON ``Rejection`` of
+- ``ledger.rej.<reason>.<sender>``: one rejection per rejected message (the JSON ``Rejection`` of
   ``consumers/streams.py``), header ``Ledger-Upstream-Seq``;
 - ``ledger.park.<upstream seq>``: one message per parked message;
 - ``ledger.trk.Ledger.UPSTREAM``: a tracking record, headers ``Ledger-Tracking-Id`` (the highest
@@ -345,7 +345,7 @@ async def _count(urls: list[str], *, read_rejected: bool) -> OutcomeCounts:
                     counts.of(seq).epochs.append(epoch)
             elif subject.startswith(f"{PREFIX}.rej."):
                 counts.rejections += 1
-                reason = subject[len(f"{PREFIX}.rej.") :]
+                reason = subject[len(f"{PREFIX}.rej.") :].split(".")[0]  # ledger.rej.<reason>.<sender>
                 header = m.headers.get(UPSTREAM_SEQ)
                 seq = int(header) if header is not None else int(_decode_json(m.data)["upstream_seq"])
                 counts.of(seq).rejections.append(reason)
