@@ -32,7 +32,8 @@ import msgspec
 import nats
 
 from bench.ingest.population import Message
-from consumers.streams import upstream_spec
+from consumers.streams import ensure_ingest_streams
+from contract.subjects import UPSTREAM_STREAM
 from ledger.jetstream.server import EmbeddedNatsServer
 from service.bootstrap import new_payload_key
 
@@ -42,7 +43,7 @@ WINDOW = 2000
 """Publishes in flight before waiting for their acknowledgements (as ``ledger publish`` does)."""
 POLL = 0.01
 SERVE_DURABLE = "ledger-ingest"
-RAW_STREAM = "RAW_UPSTREAM"
+RAW_STREAM = UPSTREAM_STREAM
 RAW_DURABLE = "raw-ingest"
 DRAIN_TIMEOUT = 600.0
 
@@ -227,13 +228,15 @@ async def stream_counts(url: str, names: Sequence[str]) -> dict[str, int]:
 
 
 async def create_raw_stream(url: str) -> None:
-    """A stream with UPSTREAM's configuration (file, dedupe window, allow_direct …) under another name."""
-    config = dataclasses.replace(upstream_spec(), name=RAW_STREAM).config()
+    """The ingestion's own streams, as ``ledger serve`` makes them: the senders' intakes and
+    UPSTREAM derived from them (the baseline's consumer reads UPSTREAM, as the ledger does)."""
     nc = await nats.connect(url, name="bench-ingest-setup")
     try:
-        reply = await api(nc, f"$JS.API.STREAM.CREATE.{RAW_STREAM}", config)
-        if "error" in reply:
-            raise RuntimeError(f"cannot create {RAW_STREAM}: {reply['error']}")
+
+        async def call(subject: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+            return await api(nc, subject, request)
+
+        await ensure_ingest_streams(call)
     finally:
         await nc.close()
 
