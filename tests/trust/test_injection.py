@@ -61,6 +61,7 @@ from tests.trust.test_permissions import (
     SENDERS,
     DeployServer,
     _valid_id,
+    serve_as_ledger,
     start_deploy_server,
     stop_deploy_server,
 )
@@ -477,14 +478,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         server = start_deploy_server(directory, admin=False)
         for user in users.values():
             server.passwords.setdefault(user.name, os.environ[user.password_variable])
-        serve = ServeProcess(server.url(WRITER), directory / "serve.log", batch_size=100, data_dir=directory / "data")
         try:
-            server.serve = serve.start()
-            wait_for(
-                lambda: (directory / "data" / "serve.url").exists() or serve.process.poll() is not None,  # type: ignore[union-attr]
-                60, "ledger serve to start as the ledger user",
-            )  # fmt: skip
-            assert serve.process is not None and serve.process.poll() is None, (directory / "serve.log").read_text()[-3000:]
+            serve = serve_as_ledger(server, directory, WRITER)
             found = Deployment(server, serve, users)
             asyncio.run(seed(found))
             yield found

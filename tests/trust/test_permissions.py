@@ -442,19 +442,25 @@ def stop_deploy_server(server: DeployServer) -> None:
             server.process.stderr.close()
 
 
+
+def serve_as_ledger(server: Any, directory: Path, user: str = "ledger") -> ServeProcess:
+    """``ledger serve`` on ``server`` as ``user`` (data in ``directory/data``), once it has started."""
+    serve = ServeProcess(server.url(user), directory / "serve.log", batch_size=100, data_dir=directory / "data")
+    server.serve = serve.start()
+    wait_for(
+        lambda: (directory / "data" / "serve.url").exists() or serve.process.poll() is not None,  # type: ignore[union-attr]
+        60, "ledger serve to start as the ledger user",
+    )  # fmt: skip
+    assert serve.process is not None and serve.process.poll() is None, (directory / "serve.log").read_text()[-3000:]
+    return serve
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployServer]:
     """The deploy server, and ``ledger serve`` on it as the ``ledger`` user, ready."""
     directory = tmp_path_factory.mktemp("deploy")
     server = start_deploy_server(directory, admin=True)
     try:
-        serve = ServeProcess(server.url("ledger"), directory / "serve.log", batch_size=100, data_dir=directory / "data")
-        server.serve = serve.start()
-        wait_for(
-            lambda: (directory / "data" / "serve.url").exists() or serve.process.poll() is not None,  # type: ignore[union-attr]
-            60, "ledger serve to start as the ledger user",
-        )  # fmt: skip
-        assert serve.process is not None and serve.process.poll() is None, (directory / "serve.log").read_text()[-3000:]
+        serve_as_ledger(server, directory)
         yield server
     finally:
         stop_deploy_server(server)
