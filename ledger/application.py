@@ -236,7 +236,7 @@ class Ledger(Application[UUID]):
         """``upstream.cash.remitted``: a committee's cash handed to the tax office."""
         source = _source(c.msg_id, c.remitted_at, actor, c.occurred_at)
         collector = self._collector(c.collector_id, source)
-        if _repeat(collector.seen, source):
+        if _repeat(collector.seen, source) or collector.already_remitted(c.voucher_no, c.amount_fen):
             return DUPLICATE
         collector.remit(voucher_no=c.voucher_no, amount_fen=c.amount_fen, receipt_nos=tuple(c.receipt_nos), source=source)
         return self._save(collector)

@@ -18,7 +18,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from ledger.domain.person import LEDGER_NAMESPACE
-from ledger.domain.refusals import AmountMismatch
+from ledger.domain.refusals import AmountMismatch, DuplicateReceipt
 from ledger.domain.source import Source
 
 
@@ -69,6 +69,8 @@ class CashCollector(Aggregate):
         self.received_fen = 0
         self.remitted_fen = 0
         self.seen: dict[str, str | None] = {}
+        self.vouchers: dict[str, int] = {}
+        """Each remittance voucher (税收缴款书) recorded, with its amount."""
 
     @property
     def balance_fen(self) -> int:
@@ -90,6 +92,17 @@ class CashCollector(Aggregate):
         self.held[receipt_no] = HeldReceipt(receipt_no, amount_fen, source.effective_at)
         self.received_fen += amount_fen
         self.seen[source.fact_key] = source.digest
+
+    def already_remitted(self, voucher_no: str, amount_fen: int) -> bool:
+        """Whether this remittance was recorded before, under the same voucher: the tax office and
+        the committee may both report it (two senders, two ``msg_id``s), and it counts once.
+        Raises ``DuplicateReceipt`` when the voucher was recorded with another amount."""
+        recorded = self.__dict__.setdefault("vouchers", {}).get(voucher_no)  # (older snapshots lack it)
+        if recorded is None:
+            return False
+        if recorded != amount_fen:
+            raise DuplicateReceipt(f"voucher {voucher_no} was recorded for {recorded} fen, not {amount_fen} fen")
+        return True
 
     def remit(self, *, voucher_no: str, amount_fen: int, receipt_nos: tuple[str, ...], source: Source) -> None:
         """A remittance to the tax office. With receipt numbers, they must be held and add up to
@@ -119,3 +132,4 @@ class CashCollector(Aggregate):
             self.held.pop(number, None)
         self.remitted_fen += amount_fen
         self.seen[source.fact_key] = source.digest
+        self.__dict__.setdefault("vouchers", {})[voucher_no] = amount_fen

@@ -12,6 +12,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from ledger.application import Ledger
 from ledger.domain.cash import CashCollector, collector_id
+from ledger.domain.refusals import DuplicateReceipt
 from tests.scenario.conftest import at, resident
 from tests.scenario.steps_money import (
     COMMUNITY_CASH,
@@ -271,3 +272,31 @@ def test_a_remittance_is_not_taken_for_a_duplicate_of_a_cash_payment_with_the_sa
     # Then the remittance is applied and the committee holds nothing
     assert not outcome.duplicate
     assert _collector(ledger).balance_fen == 0
+
+
+def test_one_remittance_reported_by_the_committee_and_by_the_tax_office_counts_once(
+    ledger: Ledger, rng: random.Random
+) -> None:
+    # Given a committee holding three receipts of 320 yuan, which reports remitting 640 yuan on
+    # voucher V-7 (its own message)
+    _three_receipts(ledger, rng)
+    remit(ledger, COLLECTOR, amount_fen=yuan(640), remitted_at=at(2021, 10, 8), msg_id="committee-1", voucher_no="V-7")
+    before = events_recorded(ledger)
+
+    # When the tax office reports the same voucher (another sender, another msg_id)
+    again = remit(ledger, COLLECTOR, amount_fen=yuan(640), remitted_at=at(2021, 10, 8), msg_id="tax-9", voucher_no="V-7")
+
+    # Then it is the same remittance: nothing recorded, the newest receipt still held
+    assert again.duplicate and events_recorded(ledger) == before
+    collector = _collector(ledger)
+    assert collector.balance_fen == yuan(320)
+    assert collector.oldest_unremitted().receipt_no == "AH2021-0033"  # type: ignore[union-attr]
+
+
+def test_a_voucher_reported_again_with_another_amount_is_a_duplicate_receipt(ledger: Ledger, rng: random.Random) -> None:
+    _three_receipts(ledger, rng)
+    remit(ledger, COLLECTOR, amount_fen=yuan(320), remitted_at=at(2021, 10, 8), voucher_no="V-8")
+    before = events_recorded(ledger)
+    with pytest.raises(DuplicateReceipt):
+        remit(ledger, COLLECTOR, amount_fen=yuan(640), remitted_at=at(2021, 10, 9), voucher_no="V-8")
+    assert events_recorded(ledger) == before and _collector(ledger).balance_fen == yuan(640)
