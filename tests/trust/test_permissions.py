@@ -299,6 +299,12 @@ def _ledger_cases() -> list[Case]:
         cases.append(Case(user, "publish", f"$JS.API.STREAM.RESTORE.{stream}", "refused"))
     for stream in (*IMMUTABLE, intake_stream("tax"), sender_rejected_stream("tax")):
         cases.append(Case(user, "publish", f"$JS.API.STREAM.INFO.{stream}", "reply", body={}))
+    # Even its credentials cannot make a fact appear as a sender's: no new stream (it could
+    # republish into an intake), no change to an intake's or any stream's configuration.
+    for stream in ("FORGE", "LEDGER_SNAPSHOTS", "UPSTREAM_ELSEWHERE"):
+        cases.append(Case(user, "publish", f"$JS.API.STREAM.CREATE.{stream}", "refused"))
+    for stream in (intake_stream("tax"), sender_rejected_stream("tax"), "COVERAGE", "KV_coverage", "KV_ledger_writer"):
+        cases.append(Case(user, "publish", f"$JS.API.STREAM.UPDATE.{stream}", "refused"))
     return cases
 
 
