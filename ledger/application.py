@@ -120,7 +120,7 @@ class Ledger(Application[UUID]):
     def handle(self, command: Command, actor: Actor) -> Outcome:
         """Apply ``command`` (sent by ``actor``) with the method for its type."""
         method: Callable[[Any, Actor], Outcome] = getattr(self, HANDLERS[type(command)])
-        senders.check(actor.account, command, actor.channel)
+        senders.check(actor.account, command, actor.channel, actor.operator_id)
         return method(command, actor)
 
     def register_person(self, c: RegisterPerson, actor: Actor) -> Outcome:

@@ -40,6 +40,9 @@ class Entitlement:
     """The enrollment and payment channels that are this sender's."""
     subsidy_categories: frozenset[str] = frozenset()
     """The roster categories of this sender's department."""
+    operators: bool = False
+    """Whether its enrollments and payments are keyed in by staff (``operator_id``): committees,
+    schools and the tax office's counters; WeChat is self-service."""
 
 
 _PAYMENTS: frozenset[type[c.Command]] = frozenset({c.RequestEnrollment, c.ReceivePayment})
@@ -50,13 +53,17 @@ SENDERS: dict[str, Entitlement] = {
         "the tax office (its app and counters enroll and collect; community cash is remitted to it)",
         frozenset[type[c.Command]]({c.RequestEnrollment, c.ReceivePayment, c.RemitCash}),
         frozenset({"tax"}),
+        operators=True,
     ),
     "community": Entitlement(
         "the community (neighbourhood and village) committees",
         frozenset[type[c.Command]]({c.RegisterPerson, c.RequestEnrollment, c.ReceivePayment, c.RemitCash}),
         frozenset({"community_qr", CASH_CHANNEL}),
+        operators=True,
     ),
-    "universities": Entitlement("universities and the education bureau's schools", _PAYMENTS, frozenset({"university", "school"})),
+    "universities": Entitlement(
+        "universities and the education bureau's schools", _PAYMENTS, frozenset({"university", "school"}), operators=True
+    ),
     "civil_affairs": Entitlement(
         "civil affairs (民政)",
         frozenset[type[c.Command]]({c.ListSubsidy, c.RegisterDeath}),
@@ -80,9 +87,10 @@ SENDERS: dict[str, Entitlement] = {
 """Every upstream sender (its account's name) and what it may send."""
 
 
-def check(sender: str | None, command: c.Command, channel: str | None) -> None:
-    """Raise ``NotAuthorised`` unless ``sender`` may send ``command`` through ``channel``.
-    ``sender`` None: unattributed, nothing to check."""
+def check(sender: str | None, command: c.Command, channel: str | None, operator_id: str | None = None) -> None:
+    """Raise ``NotAuthorised`` unless ``sender`` may send ``command`` through ``channel`` (keyed in
+    by ``operator_id``, when the message names one). ``sender`` None: unattributed, nothing to
+    check."""
     if sender is None:
         return
     entitlement = SENDERS.get(sender)
@@ -93,6 +101,8 @@ def check(sender: str | None, command: c.Command, channel: str | None) -> None:
         raise NotAuthorised(f"{entitlement.office} ({sender}) may not send {fact}")
     if type(command) in _PAYMENTS and channel not in entitlement.channels:
         raise NotAuthorised(f"{entitlement.office} ({sender}) may not send through channel {channel!r}")
+    if operator_id is not None and not entitlement.operators:
+        raise NotAuthorised(f"{entitlement.office} ({sender}) has no operators: its messages name no operator_id")
     names_cash = isinstance(command, c.ReceivePayment) and (command.collector_id is not None or command.receipt_no is not None)
     if names_cash and CASH_CHANNEL not in entitlement.channels:
         raise NotAuthorised(f"{entitlement.office} ({sender}) collects no cash: a payment from it names no collector or receipt")

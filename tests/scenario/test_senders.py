@@ -24,8 +24,8 @@ from tests.scenario.steps_status import STANDARD_Y, Y, recorded
 HOME = "340104"
 
 
-def sent_by(account: str | None, channel: str | None = None, org_id: str | None = None) -> Actor:
-    return Actor(system="upstream", channel=channel, org_id=org_id, account=account)
+def sent_by(account: str | None, channel: str | None = None, org_id: str | None = None, operator: str | None = None) -> Actor:
+    return Actor(system="upstream", channel=channel, org_id=org_id, operator_id=operator, account=account)
 
 
 def registration(id_number: str, msg_id: str = "reg-1") -> c.RegisterPerson:
@@ -88,6 +88,16 @@ def test_an_enrollment_through_a_community_channel_from_the_wechat_system_is_not
     ledger.handle(registration(someone), sent_by("public_security"))
     refused(ledger, enrollment(someone, "community_qr"), sent_by("wechat_pay", "community_qr"))
     assert ledger.handle(enrollment(someone, "community_qr"), sent_by("community", "community_qr")).recorded
+
+
+def test_an_enrollment_naming_a_committee_operator_from_the_wechat_system_is_not_authorised(
+    ledger: Ledger, someone: str
+) -> None:
+    """WeChat is self-service: an operator it names would pass for a committee's staff (and the
+    operator rules would count its enrollments against them)."""
+    ledger.handle(registration(someone), sent_by("public_security"))
+    refused(ledger, enrollment(someone, "wechat"), sent_by("wechat_pay", "wechat", operator="op-340104-07"))
+    assert ledger.handle(enrollment(someone, "community_qr"), sent_by("community", "community_qr", operator="op-340104-07")).recorded
 
 
 @pytest.mark.parametrize(

@@ -275,7 +275,9 @@ def _auditor_cases() -> list[Case]:
         cases.append(Case(user, "publish", subject, "refused"))
     for stream in IMMUTABLE:
         cases.append(Case(user, "publish", f"{API}.STREAM.INFO.{stream}", "reply", body={}))
-        cases.append(Case(user, "publish", f"{API}.DIRECT.GET.{stream}", "reply", body=FIRST))
+        if stream != "UPSTREAM":  # the senders' raw messages, in clear: not the auditors'
+            cases.append(Case(user, "publish", f"{API}.DIRECT.GET.{stream}", "reply", body=FIRST))
+    cases.append(Case(user, "publish", f"{API}.DIRECT.GET.UPSTREAM", "refused"))
     cases.append(Case(user, "publish", f"{API}.DIRECT.GET.LEDGER.ledger.trk.Ledger.UPSTREAM", "reply", body=b""))
     for subject in (">", "ledger.>", "coverage.changed.>", "$KV.coverage.>"):
         cases.append(Case(user, "subscribe", subject, "refused"))
