@@ -40,7 +40,7 @@ from ledger.senders import SENDERS
 class IntakeLimits:
     """What one sender may hold on the server at a time (its intake stream's limits)."""
 
-    max_bytes: int = 1 << 30
+    max_bytes: int = 4 << 30
     max_msg_size: int = 1 << 20
     max_age_s: float = 30 * 86400.0
 

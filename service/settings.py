@@ -53,7 +53,7 @@ class Settings:
     metrics_address: str | None = _setting("LEDGER_METRICS_ADDRESS", None, "HOST:PORT serving /metrics, /healthz and /readyz (port 0: a free one, logged as event=metrics); none: off", option="--metrics-address")
     api_prefix: str = _setting("NATS_API_PREFIX", "$JS.API", "where the ledger's JetStream API is; an auditor's account imports it as $JS.ledger.API (read-only commands: verify, replay)")
     unattributed: str = _setting("LEDGER_UNATTRIBUTED", "accept", "upstream messages the server could not attribute to a sender account (a server without accounts): accept (recorded as unattributed) or refuse (not_authorised)")
-    intake_max_bytes: int = _setting("LEDGER_INTAKE_MAX_BYTES", 1 << 30, "bytes one sender's intake stream may hold (a full one refuses the sender's next message)")
+    intake_max_bytes: int = _setting("LEDGER_INTAKE_MAX_BYTES", 4 << 30, "bytes one sender's intake stream may hold (a full one refuses the sender's next message; WeChat's payments take about 330 bytes each)")
     intake_max_msg_size: int = _setting("LEDGER_INTAKE_MAX_MSG_SIZE", 1 << 20, "the largest message a sender may publish, in bytes")
     intake_max_age_days: float = _setting("LEDGER_INTAKE_MAX_AGE_DAYS", 30.0, "days a sender's intake keeps a message (UPSTREAM keeps it for ever)")
 
