@@ -38,8 +38,10 @@ class Source:
     """A digest of the message's content: a repeat of ``msg_id`` with another content is a
     conflict, not a duplicate."""
     account: str | None = None
-    """The sender's account: who sent the message, as the NATS server authenticated it (None:
-    the server could not tell, and the sender is what the message says)."""
+    """The sender's account: who sent the message, as its subject names it — with the
+    deployment's accounts, the account the NATS server authenticated (its import adds the name);
+    on a server without them, whatever the publisher chose. None: no sender was named, and the
+    sender is what the message says."""
 
     @property
     def effective_on(self) -> date:
