@@ -68,8 +68,9 @@ ID_NUMBER = _valid_id(PERSON)
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
-    """The development CA and certificates of the module (servers ledger-1..3, client ``ledger``)."""
-    return dev_certs(tmp_path_factory.mktemp("dev-ca"), clients=("ledger",))
+    """The development CAs and certificates of the module (servers ledger-1..3; clients ``ledger``
+    and ``wechat_pay``: what an upstream system holds for mutual TLS)."""
+    return dev_certs(tmp_path_factory.mktemp("dev-ca"), clients=("ledger", "wechat_pay"))
 
 
 @pytest.fixture(scope="module")
@@ -548,17 +549,19 @@ def _route_handshake(port: int, context: ssl.SSLContext) -> str:
 
 def test_a_route_without_a_certificate_of_the_ca_is_refused(cluster: DeployCluster, certs: DevCerts, rogue: DevCerts) -> None:
     """Given the cluster's route port (mutual TLS), when something connects as a route without
-    a certificate, or with one from another CA for the same node name, then the server refuses
-    the handshake and keeps its two routes; a certificate of the dev CA is let through."""
+    a certificate, with one from another CA for the same node name, or with a client
+    certificate of the dev CAs, then the server refuses the handshake and keeps its two routes;
+    a node's certificate of the dev CA is let through."""
     anonymous = certs.context()
     foreign = certs.context()
     foreign.load_cert_chain(str(rogue.directory / "ledger-1.crt"), str(rogue.directory / "ledger-1.key"))
+    client = certs.context("wechat_pay")
     member = certs.context()
     member.load_cert_chain(str(certs.directory / "ledger-2.crt"), str(certs.directory / "ledger-2.key"))
     outcomes = {name: _route_handshake(cluster.route_ports[0], context)
-                for name, context in (("anonymous", anonymous), ("foreign", foreign), ("member", member))}  # fmt: skip
+                for name, context in (("anonymous", anonymous), ("foreign", foreign), ("client", client), ("member", member))}  # fmt: skip
     assert "CERTIFICATE_REQUIRED" in outcomes["anonymous"], outcomes
-    assert "UNKNOWN_CA" in outcomes["foreign"], outcomes
+    assert "UNKNOWN_CA" in outcomes["foreign"] and "UNKNOWN_CA" in outcomes["client"], outcomes
     assert outcomes["member"] == "INFO", outcomes
     wait_for(lambda: "TLS route handshake error: tls: client didn't provide a certificate" in cluster.log(0)
              and "certificate signed by unknown authority" in cluster.log(0), 10, "node 1 to log both refusals")  # fmt: skip
@@ -566,43 +569,131 @@ def test_a_route_without_a_certificate_of_the_ca_is_refused(cluster: DeployClust
     assert peers == {"ledger-2", "ledger-3"}, peers
 
 
+def test_a_nats_server_with_a_client_certificate_cannot_join_the_cluster(
+    cluster: DeployCluster, certs: DevCerts, tmp_path: Path
+) -> None:
+    """Given the cluster, when an intruder runs a nats-server of its own whose routes present a
+    client certificate of the dev CAs (``client-wechat_pay``: what an upstream system holds for
+    mutual TLS) and dial node 1's route port, trusting the nodes' CA (public), then no route
+    forms: node 1 refuses the handshake, keeps its routes to ledger-2 and ledger-3 only, and the
+    intruder has none (a route would carry every account's traffic past every permission)."""
+    refusals = cluster.log(0).count("TLS route handshake error")
+    rogue = _start_rogue_node(tmp_path, certs, "wechat_pay", cluster.route_ports[0])
+    try:
+
+        def settled() -> bool:
+            return cluster.log(0).count("TLS route handshake error") > refusals or bool(rogue.routes())
+
+        wait_for(settled, 30, "node 1 to refuse the intruder's route, or the route to form")
+        intruder_routes = rogue.routes()
+    finally:
+        rogue.stop()
+    assert intruder_routes == [], f"a route formed with a client certificate: {intruder_routes}"
+    peers = {r["remote_name"] for r in cluster.monitor(0, "/routez")["routes"]}
+    assert peers == {"ledger-2", "ledger-3"}, peers
+    assert "rogue" not in {r.get("remote_name") for i in range(3) for r in cluster.monitor(i, "/routez")["routes"]}
+
+
+@dataclass
+class RogueNode:
+    directory: Path
+    monitor_port: int
+    process: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        path = self.directory / "rogue.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def routes(self) -> list[dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{self.monitor_port}/routez", timeout=5) as reply:
+                return list(json.loads(reply.read()).get("routes") or [])
+        except OSError:
+            return []
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _start_rogue_node(directory: Path, certs: DevCerts, client: str, route_port: int) -> RogueNode:
+    """A nats-server named ``rogue`` in cluster ``ledger`` whose routes present the client
+    certificate ``client`` and trust the nodes' CA, soliciting a route to ``route_port``."""
+    monitor = free_port(HOST)
+    config = directory / "rogue.conf"
+    config.write_text(
+        f"""server_name: rogue
+listen: {HOST}:{free_port(HOST)}
+http: {HOST}:{monitor}
+cluster {{
+  name: ledger
+  listen: {HOST}:{free_port(HOST)}
+  tls {{
+    cert_file: "{certs.directory / f"client-{client}.crt"}"
+    key_file: "{certs.directory / f"client-{client}.key"}"
+    ca_file: "{certs.ca_file}"
+    verify: true
+    timeout: 2
+  }}
+  routes: [ nats-route://{HOST}:{route_port} ]
+}}
+"""
+    )
+    process = subprocess.Popen(
+        [str(find_server_binary()), "-c", str(config), "-l", str(directory / "rogue.log")],
+        cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return RogueNode(directory, monitor, process)
+
+
 # ---- the configs and the script ------------------------------------------------------------------
 
 
 def test_every_listener_of_the_deploy_configs_requires_tls() -> None:
     """Given deploy/nats, then every config has TLS on its client listener with the certificate,
-    key and CA from the environment, mutual TLS on its cluster routes, and no listener without
+    key and the clients' CA from the environment, mutual TLS on its cluster routes trusting the
+    nodes' CA (another variable: a client certificate is no route's), and no listener without
     TLS: no http monitoring, no leafnode, websocket, MQTT or gateway block."""
     configs = [DEPLOY / "single.conf", *sorted((DEPLOY / "cluster").glob("node-*.conf"))]
     assert len(configs) == 4
-    tls_block = re.compile(
-        r"tls\s*\{[^}]*cert_file:\s*\$NATS_TLS_CERT_FILE[^}]*key_file:\s*\$NATS_TLS_KEY_FILE[^}]*ca_file:\s*\$NATS_TLS_CA_FILE[^}]*\}"
-    )
+
+    def tls_block(ca: str) -> re.Pattern[str]:
+        return re.compile(
+            r"tls\s*\{[^}]*cert_file:\s*\$NATS_TLS_CERT_FILE[^}]*key_file:\s*\$NATS_TLS_KEY_FILE[^}]*ca_file:\s*\$"
+            + ca + r"\s[^}]*\}"
+        )
+
     for config in configs:
         text = re.sub(r"#.*", "", config.read_text())  # comments say how to add a listener
         top_level = re.sub(r"\w+\s*\{(?:[^{}]|\{[^{}]*\})*\}", "", text)  # blocks removed
-        assert tls_block.search(text) and re.match(r"(?s).*^tls\s*\{", text, re.M), f"{config}: no client TLS"
+        client_tls = re.search(r"(?m)^tls\s*\{[^}]*\}", text)
+        assert client_tls and tls_block("NATS_TLS_CLIENT_CA_FILE").fullmatch(client_tls.group(0)), f"{config}: no client TLS"
         assert not re.search(r"^\s*(http|http_port|monitor_port)\s*[:=]", top_level, re.M), f"{config}: plain http monitoring"
         assert not re.search(r"^\s*(leafnodes?|websocket|mqtt|gateway)\s*[{:=]", text, re.M), config
         assert "allow_non_tls" not in text, config
         cluster = re.search(r"cluster\s*\{(?:[^{}]|\{[^{}]*\})*\}", text)
         if config.name.startswith("node-"):
             assert cluster, config
-            route_tls = tls_block.search(cluster.group(0))
+            route_tls = tls_block("NATS_TLS_CA_FILE").search(cluster.group(0))
             assert route_tls and re.search(r"verify:\s*true", route_tls.group(0)), f"{config}: routes without mutual TLS"
         else:
             assert cluster is None, config
 
 
 def test_make_dev_ca_is_idempotent_and_keeps_keys_private(tmp_path: Path) -> None:
-    """Given an empty directory, the script makes the CA, a certificate per server (SANs
-    localhost, 127.0.0.1, ::1, its name, --san) and per client, keys mode 0600; run again, it
-    keeps every file as it is; asked for another SAN, it remakes the server certificates only."""
+    """Given an empty directory, the script makes two CAs, a certificate per server (SANs
+    localhost, 127.0.0.1, ::1, its name, --san) signed by the nodes' CA only, one per client
+    signed by the clients' CA only, keys mode 0600; run again, it keeps every file as it is;
+    asked for another SAN, it remakes the server certificates only."""
     first = dev_certs(tmp_path, clients=("ledger",))
     made = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    assert set(made) == {"ca.crt", "ca.key", "client-ledger.crt", "client-ledger.key",
+    assert set(made) == {"ca.crt", "ca.key", "client-ca.crt", "client-ca.key", "client-ledger.crt", "client-ledger.key",
                          *(f"ledger-{i}.{ext}" for i in (1, 2, 3) for ext in ("crt", "key"))}, set(made)  # fmt: skip
-    assert first.output.count("made") == 5, first.output
+    assert first.output.count("made") == 6, first.output
     for name in made:
         mode = (tmp_path / name).stat().st_mode & 0o777
         assert mode == (0o600 if name.endswith(".key") else 0o644), (name, oct(mode))
@@ -610,12 +701,15 @@ def test_make_dev_ca_is_idempotent_and_keeps_keys_private(tmp_path: Path) -> Non
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
     for san in ("DNS:localhost", "DNS:ledger-2", "IP Address:127.0.0.1", "IP Address:0:0:0:0:0:0:0:1"):
         assert san in sans, sans
-    verified = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "ledger-2.crt"),
-                               str(tmp_path / "client-ledger.crt")], capture_output=True, text=True)  # fmt: skip
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    def verifies(ca: str, certificate: str) -> bool:
+        return subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / ca), str(tmp_path / certificate)],
+                              capture_output=True).returncode == 0  # fmt: skip
+
+    assert verifies("ca.crt", "ledger-2.crt") and not verifies("client-ca.crt", "ledger-2.crt")
+    assert verifies("client-ca.crt", "client-ledger.crt") and not verifies("ca.crt", "client-ledger.crt")
 
     again = dev_certs(tmp_path, clients=("ledger",))
-    assert again.output.count("kept") == 5 and "made" not in again.output.split("development certificates")[0], again.output
+    assert again.output.count("kept") == 6 and "made" not in again.output.split("development certificates")[0], again.output
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == made
 
     done = subprocess.run([str(ROOT / "deploy" / "tls" / "make-dev-ca"), "--dir", str(tmp_path), "--client", "ledger",
@@ -624,3 +718,35 @@ def test_make_dev_ca_is_idempotent_and_keeps_keys_private(tmp_path: Path) -> Non
     assert remade == {"ledger-1.crt", "ledger-2.crt", "ledger-3.crt"}, done.stdout
     assert (tmp_path / "ca.crt").read_bytes() == made["ca.crt"]
     assert (tmp_path / "client-ledger.crt").read_bytes() == made["client-ledger.crt"]
+
+
+def test_make_dev_ca_starts_the_nodes_ca_over_when_a_client_certificate_of_it_is_found(tmp_path: Path) -> None:
+    """Given a directory of an older make-dev-ca, where one CA signed the servers' and the
+    clients' certificates (made here with openssl as it did: a client certificate signed by
+    ca.crt), when the script runs, then it makes a new ca.crt and new server certificates, the
+    old client certificate verifies against neither CA, and the new one against the clients' CA."""
+    dev_certs(tmp_path, clients=("ledger",))
+    old = tmp_path / "old-client.crt"
+    subprocess.run(["openssl", "req", "-new", "-key", str(tmp_path / "client-ledger.key"), "-subj", "/CN=ledger",
+                    "-out", str(tmp_path / "old.csr")], check=True, capture_output=True)  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "old.csr"), "-CA", str(tmp_path / "ca.crt"),
+                    "-CAkey", str(tmp_path / "ca.key"), "-CAcreateserial", "-CAserial", str(tmp_path / "old.srl"),
+                    "-days", "30", "-extfile", str(tmp_path / "ext.cnf"), "-out", str(old)],
+                   check=True, capture_output=True)  # fmt: skip
+    shutil.copy(old, tmp_path / "client-ledger.crt")
+    nodes_ca = (tmp_path / "ca.crt").read_bytes()
+
+    again = dev_certs(tmp_path, clients=("ledger",))
+
+    assert "was signed by the nodes' CA" in again.output, again.output
+    remade = {line.split()[1].rsplit("/", 1)[1] for line in again.output.splitlines() if line.startswith("made")}
+    assert remade == {"ca.crt", "ledger-1.crt", "ledger-2.crt", "ledger-3.crt", "client-ledger.crt"}, again.output
+    assert (tmp_path / "ca.crt").read_bytes() != nodes_ca
+
+    def verifies(ca: str, certificate: Path) -> bool:
+        return subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / ca), str(certificate)],
+                              capture_output=True).returncode == 0  # fmt: skip
+
+    assert not verifies("ca.crt", old) and not verifies("client-ca.crt", old)
+    assert verifies("client-ca.crt", tmp_path / "client-ledger.crt") and verifies("ca.crt", tmp_path / "ledger-1.crt")

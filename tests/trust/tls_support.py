@@ -2,7 +2,9 @@
 
 ``dev_certs(directory)`` runs ``deploy/tls/make-dev-ca`` (the script an operator runs) into
 ``directory``; ``DevCerts`` gives a server's environment (the ``NATS_TLS_*`` variables of
-``deploy/systemd/nats.env.example``) and client SSL contexts trusting the dev CA.
+``deploy/systemd/nats.env.example``) and client SSL contexts trusting the dev CA of the servers.
+Two CAs: ``ca.crt`` signs the servers' certificates (and the routes trust it alone),
+``client-ca.crt`` the clients' (the client listener's CA for mutual TLS).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ class DevCerts:
 
     @property
     def ca_file(self) -> Path:
+        """The servers' CA: what clients trust, and all the routes trust."""
         return self.directory / "ca.crt"
+
+    @property
+    def client_ca_file(self) -> Path:
+        """The clients' CA: what the client listener checks client certificates against."""
+        return self.directory / "client-ca.crt"
 
     def server_env(self, name: str = "ledger-1", *, verify_clients: bool = False) -> dict[str, str]:
         """The nats-server's TLS variables (deploy/systemd/nats.env.example) for server ``name``."""
@@ -36,6 +44,7 @@ class DevCerts:
             "NATS_TLS_CERT_FILE": str(self.directory / f"{name}.crt"),
             "NATS_TLS_KEY_FILE": str(self.directory / f"{name}.key"),
             "NATS_TLS_CA_FILE": str(self.ca_file),
+            "NATS_TLS_CLIENT_CA_FILE": str(self.client_ca_file),
             "NATS_TLS_VERIFY": "true" if verify_clients else "false",
         }
 
