@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger.secret_files import local_secret_file, read_secret_file
+from ledger.urls import redacted, without_credentials
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -474,27 +475,8 @@ def _checkpoint(checkpoints: Checkpointer) -> None:
         log.info("event=checkpoint last_seq=%d", last)
 
 
-def _redacted(url: str) -> str:
-    """``url`` (or a comma-separated list of them) as it may be shown: a password or a token
-    becomes ``***``, the user name stays."""
-    return ",".join(_with_userinfo(part, lambda user, password: f"{user}:***@" if password else "***@") for part in url.split(","))
-
-
-def without_credentials(url: str) -> str:
-    """``url`` (or a comma-separated list of them) without user, password or token: what
-    ``serve.url`` holds. A command that finds the server there brings its own credentials."""
-    return ",".join(_with_userinfo(part, lambda user, password: "") for part in url.split(","))
-
-
-def _with_userinfo(url: str, userinfo: Callable[[str, str], str]) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url.strip())
-    if "@" not in parts.netloc:
-        return url.strip()
-    given, _, host = parts.netloc.rpartition("@")
-    user, _, password = given.partition(":")
-    return urlunsplit(parts._replace(netloc=userinfo(user, password) + host))
+_redacted = redacted
+"""``ledger.urls.redacted``: one function shows every URL, here and in the connections."""
 
 
 def ledger_for(

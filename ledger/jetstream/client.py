@@ -40,8 +40,9 @@ from nats.errors import (
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from ledger.jetstream import tls as nats_tls
-from ledger.jetstream.tls import GuardedClient, redacted
+from ledger.jetstream.tls import GuardedClient
 from ledger.jetstream.tls import server_urls as server_urls  # where the callers have always found it
+from ledger.urls import redacted
 
 log = logging.getLogger("ledger.nats")
 

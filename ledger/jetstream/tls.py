@@ -123,18 +123,6 @@ def server_urls(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
-def redacted(url: str) -> str:
-    """``url`` (comma-separated servers) with each password replaced by ``***``, for messages."""
-    shown = []
-    for server in server_urls(url):
-        scheme, sep, rest = server.rpartition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if at and ":" in userinfo:
-            rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
-        shown.append(f"{scheme}{sep}{rest}")
-    return ",".join(shown)
-
-
 class GuardedClient(NATS):
     """nats-py's client, which never sends ``CONNECT`` (user and password) in clear when it was
     given a TLS context: if the server did not ask for TLS, the connection attempt fails with

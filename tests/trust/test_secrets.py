@@ -155,6 +155,22 @@ def test_commands_that_find_the_server_by_serve_url_bring_their_own_credentials(
         assert PASSWORD not in result.stdout + result.stderr
 
 
+def test_a_token_in_nats_url_is_never_shown(tmp_path: Path) -> None:
+    # Given a nats-server that asks for a token, and a command given a wrong one, then a right one
+    token = "tok-" + secrets.token_hex(12)
+    wrong = "tok-" + secrets.token_hex(12)
+    with EmbeddedNatsServer(tmp_path / "nats", extra_config=f'authorization {{ token: "{token}" }}') as server:
+        address = server.url.removeprefix("nats://")
+        # When `ledger status` is refused with the wrong token
+        refused = ledger("status", "--data-dir", str(tmp_path / "data"), env=clean_env(NATS_URL=f"nats://{wrong}@{address}"))
+        # Then it says why and where, the token hidden
+        assert refused.returncode == 1 and "Authorization Violation" in refused.stderr, refused.stderr
+        assert f"nats://***@{address}" in refused.stderr and wrong not in refused.stdout + refused.stderr
+        # And given the right token it reads the server, and shows the token nowhere either
+        status = ledger("status", "--data-dir", str(tmp_path / "data"), env=clean_env(NATS_URL=f"nats://{token}@{address}"))
+        assert "cannot" not in status.stderr and token not in status.stdout + status.stderr, status.stderr[-2000:]
+
+
 # ---- the embedded setup ----------------------------------------------------------------------------
 
 
