@@ -143,6 +143,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         cipher_settings(settings)  # an external server without a payload key (nor an explicit off): refused at once
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its secrets, views and server: the owner's
+    private_data_dir(data_dir)  # and one an earlier version left open is closed
     async with AsyncExitStack() as stack:
         stack.enter_context(_lock_data_dir(data_dir))
         stack.enter_context(nats_tls(settings))
@@ -185,6 +186,34 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
             settings=settings, url=url, ledger=ledger, broker=broker, connection=nc, projections=projections,
             queries=queries, checkpoints=checkpoints, ingestion=ingestion, observability=observed.observability,
         )  # fmt: skip
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """Make DATA_DIR its owner's alone: the directory 0700, and each file directly in it that
+    group or others may read (the views' SQLite database of an earlier version: 0644) 0600.
+    ``serve`` creates DATA_DIR 0700; one an earlier version made (0755) is tightened here at
+    start, said in one warning line; one ``serve`` may not change (another owner's) is refused,
+    with the command to run."""
+    import stat
+
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    loose = [p for p in sorted(data_dir.iterdir()) if p.is_file() and not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & 0o077]
+    if not mode & 0o077 and not loose:
+        return
+    try:
+        if mode & 0o077:
+            data_dir.chmod(mode & 0o700)
+        for path in loose:
+            path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
+    except PermissionError:
+        raise SystemExit(
+            f"data directory {data_dir} is open to others (mode {mode:04o}) and serve may not change it: "
+            f"`chmod -R go-rwx {data_dir}` as its owner"
+        ) from None
+    log.warning(
+        "event=data_dir_mode dir=%s was=%04o now=%04o files=%s: DATA_DIR (secrets, views, the embedded server's "
+        "store) is its owner's alone", data_dir, mode, mode & 0o700, ",".join(p.name for p in loose) or "-",
+    )  # fmt: skip
 
 
 class _Watching:

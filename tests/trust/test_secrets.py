@@ -11,6 +11,8 @@ keeps are 0600, and payload encryption is on unless refused in so many words.
   (``tests/trust/test_personal_data.py`` searches a whole season's messages for personal data).
 - An external server without a payload key is refused at once, in one line; a ledger written in
   clear is not silently given a new key.
+- A data directory an earlier version left open (0755, its views 0644) is closed when serve
+  starts; a token in ``NATS_URL`` is shown as ``***``, like a password.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -203,6 +206,26 @@ def test_the_embedded_setup_keeps_its_secrets_0600_and_encrypts_by_default(tmp_p
     paid = PAID[2][1]["id_number"]
     coverage = ledger("coverage", paid, "--date", "2022-06-01", "--data-dir", str(data), "--format", "json", env=clean_env())
     assert coverage.returncode == 0 and json.loads(coverage.stdout)["status"] == "enrolled", coverage.stderr[-2000:]
+
+
+def test_a_data_directory_of_an_earlier_version_is_made_its_owners_alone(tmp_path: Path) -> None:
+    # Given a data directory an earlier version left open (0755), its views database 0644 in it
+    data = tmp_path / "data"
+    data.mkdir()
+    sqlite3.connect(data / "views.sqlite").close()
+    (data / "views.sqlite").chmod(0o644)
+    data.chmod(0o755)
+    # When serve starts on it
+    serve = start_serve(["--data-dir", str(data)], clean_env(), tmp_path / "serve.log")
+    try:
+        wait_for(lambda: (data / "serve.url").exists() or serve.poll() is not None, 60, "ledger serve")
+        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+    finally:
+        assert stop(serve) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    # Then the directory is 0700 and the files others could read in it are 0600, said in the log
+    assert mode(data) == 0o700 and mode(data / "views.sqlite") == 0o600
+    log = (tmp_path / "serve.log").read_text()
+    assert f"event=data_dir_mode dir={data} was=0755 now=0700" in log and "views.sqlite" in log, log[-3000:]
 
 
 async def _event_bodies(url: str) -> list[bytes]:

@@ -16,7 +16,15 @@ import pytest
 
 from ledger import secret_files, urls
 from ledger.secret_files import SecretFileExposed, create_secret_file, local_secret_file, read_secret_file
-from service.bootstrap import CIPHER_KEY_FILE, _redacted, cipher_settings, embedded_secrets, person_key_secret, without_credentials
+from service.bootstrap import (
+    CIPHER_KEY_FILE,
+    _redacted,
+    cipher_settings,
+    embedded_secrets,
+    person_key_secret,
+    private_data_dir,
+    without_credentials,
+)
 from service.settings import Settings
 
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -196,3 +204,30 @@ def test_given_a_url_with_credentials_then_serve_url_holds_none_and_logs_show_no
     assert without_credentials(url) == bare
     assert redact(url) == shown
     assert "s3cret" not in redact(url) and "S3CRETTOKEN" not in redact(url) and "ss@" not in redact(url)
+
+
+# ---- DATA_DIR ----------------------------------------------------------------------------------------
+
+
+def test_given_an_open_data_directory_that_serve_may_not_change_then_it_is_refused_with_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+
+    def not_the_owner(self: Path, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "chmod", not_the_owner)
+    with pytest.raises(SystemExit, match=rf"data directory {data} is open to others \(mode 0755\).*`chmod -R go-rwx {data}`"):
+        private_data_dir(data)
+
+
+def test_given_a_private_data_directory_then_nothing_is_changed_or_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "views.sqlite").touch(mode=0o600)
+    with caplog.at_level(logging.WARNING, logger="ledger"):
+        private_data_dir(data)
+    assert mode(data) == 0o700 and caplog.records == []
