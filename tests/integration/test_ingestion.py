@@ -8,6 +8,7 @@ import base64
 import json
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,17 @@ def test_a_consumer_killed_in_the_middle_of_5000_messages_loses_and_doubles_noth
     messages = season(2500, seed="kill-consumer")
     serve = ServeProcess(server.url, tmp_path / "serve.log").start()
     wait_for(lambda: _consumer_exists(server.url), 60, "the service to be ready")
-    asyncio.run(publish_all(server.url, messages))
-    wait_for(lambda: _acked(server.url) >= 1000, 60, "some messages to be applied")
-    serve.kill()  # SIGKILL: in the middle of a batch, most likely
-    done_at_kill = _acked(server.url)
+    # The first half is published while the service applies it, the second half only after the
+    # kill: so the kill lands in the middle of the 5,000 however fast either side is (published
+    # all at once, they were at times all applied before a look at the count found 1,000).
+    first, second = messages[: len(messages) // 2], messages[len(messages) // 2 :]
+    with ThreadPoolExecutor(1) as publisher:
+        published = publisher.submit(asyncio.run, publish_all(server.url, first))
+        wait_for(lambda: _acked(server.url) >= 1000, 60, "some messages to be applied")
+        serve.kill()  # SIGKILL: in the middle of a batch, most likely
+        done_at_kill = _acked(server.url)
+        published.result(120)
+    asyncio.run(publish_all(server.url, second))
     serve = ServeProcess(server.url, tmp_path / "serve.log").start()
     wait_for(lambda: ingestion_finished(server.url, len(messages)), 120, "every message to be applied")
     assert serve.stop() == 0
