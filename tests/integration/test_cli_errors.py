@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from ledger.jetstream.server import free_port
 from tests.integration.ingest_support import ROOT
 
 ID = "340104197403055083"  # well-formed; the ledger need not know the person
@@ -49,7 +48,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"dir": here}
 
 
-STOPPED = f"nats://127.0.0.1:{free_port()}"  # a server that is not running (nothing listens there)
+STOPPED = "nats://127.0.0.1:1"
+"""A server that is not running: nothing listens on port 1 (a free port taken at import could be
+taken again by a nats-server of another test while these run, in another worker of make test)."""
 
 # (name, arguments; {demo} is the demo's ledger, {inputs} a directory of bad files), exit code, words in the line
 CASES = [
