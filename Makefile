@@ -30,10 +30,15 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-## make test: lint, then the whole suite, against nats-server processes the tests start themselves.
+## make test: lint, then the whole suite, against nats-server processes the tests start themselves,
+## in TEST_WORKERS processes (pytest-xdist; 0: in this one). The tests mostly wait (fsyncs, servers,
+## child processes), so 3 workers fit two cores. Each test module runs whole on one worker, in its
+## order; tests/conftest.py hands out the longest modules (marked fault) first.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) $(ASYNCAPI_STAMP)
 	$(MAKE) lint
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## make bench: the benchmarks, each against its baseline in the same run (bench/README.md).
 bench: $(STAMP)
