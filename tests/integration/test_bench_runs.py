@@ -1,4 +1,6 @@
-"""The benchmarks stay runnable: a quick run finishes and prints every section (no timing checked)."""
+"""The benchmarks stay runnable: a quick run finishes and prints every section (no timing checked).
+Each runs smaller than its --quick: every section is printed whatever the sizes, and the suite
+runs these beside other tests (store 13 s to 7 s, ingestion 15 s to 6 s, query 10 s to 7 s)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_store_benchmark_runs_quickly_and_prints_every_workload() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench.store", "--quick", "--skip-postgres"],
+        [sys.executable, "-m", "bench.store", "--quick", "--events", "300", "--aggregates", "5000", "--loads", "50", "--skip-postgres"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -27,7 +29,7 @@ def test_the_store_benchmark_runs_quickly_and_prints_every_workload() -> None:
 
 def test_the_ingestion_benchmark_runs_quickly_and_prints_both_rates() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench.ingest", "--quick"],
+        [sys.executable, "-m", "bench.ingest", "--quick", "--messages", "1000"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,7 +44,7 @@ def test_the_ingestion_benchmark_runs_quickly_and_prints_both_rates() -> None:
 
 def test_the_query_benchmark_runs_quickly_and_prints_both_responders() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench.query", "--quick"],
+        [sys.executable, "-m", "bench.query", "--quick", "--people", "300", "--seconds", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
