@@ -141,6 +141,8 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
     """The whole service, started; taken apart in reverse order on leaving (module docstring)."""
     if not settings.embedded:
         cipher_settings(settings)  # an external server without a payload key (nor an explicit off): refused at once
+        if settings.signing_key_file is None:
+            raise SystemExit(SIGNING_KEY_REQUIRED)  # nor without its signing key
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its secrets, views and server: the owner's
     private_data_dir(data_dir)  # and one an earlier version left open is closed
@@ -459,26 +461,31 @@ def start_checkpoints(ledger: Ledger, settings: Settings, key_file: Path | None 
 
 
 DEV_SIGNING_KEY = "signing-key.pem"
-"""The development signing key in DATA_DIR, when LEDGER_SIGNING_KEY_FILE names none."""
+"""The embedded setup's signing key in DATA_DIR, when LEDGER_SIGNING_KEY_FILE names none."""
+
+SIGNING_KEY_REQUIRED = (
+    "a signing key is required with an external NATS server: give LEDGER_SIGNING_KEY_FILE (--signing-key-file; "
+    "`ledger keys generate FILE` makes one), the same file to every serve of this ledger, standbys included"
+)
 
 
 def signing_key_file(settings: Settings) -> Path:
     """The file of the ledger's signing key: ``signing_key_file`` (it must exist: ``ledger keys
-    generate FILE`` makes one), else DATA_DIR/signing-key.pem, created once (mode 0600): the
-    development arrangement, beside the embedded server's data. When ``trust_key_file`` is set,
-    the key must be the one pinned there: serve refuses to sign with any other."""
+    generate FILE`` makes one), else — with the embedded server only — DATA_DIR/signing-key.pem,
+    created once (mode 0600), beside the embedded server's data; an external server without one
+    is refused (every serve of a ledger, on whichever host, must sign with the same key, or
+    ``ledger verify`` fails after a failover). When ``trust_key_file`` is set, the key must be
+    the one pinned there: serve refuses to sign with any other."""
     from ledger.jetstream.signing import PublicKey, SigningKey
 
     path = settings.signing_key_file
     try:
         if path is None:
+            if not settings.embedded:
+                raise SystemExit(SIGNING_KEY_REQUIRED)
             path = settings.data_dir / DEV_SIGNING_KEY
             key = SigningKey.local(path)
-            log.log(
-                logging.INFO if settings.embedded else logging.WARNING,
-                "event=signing_key key_id=%s file=%s: the development arrangement (a key in DATA_DIR); "
-                "production names its own with LEDGER_SIGNING_KEY_FILE", key.key_id, path,
-            )  # fmt: skip
+            log.info("event=signing_key key_id=%s file=%s: the embedded setup's key, in DATA_DIR", key.key_id, path)
         else:
             key = SigningKey.load(path)
             log.info("event=signing_key key_id=%s file=%s", key.key_id, path)
@@ -624,10 +631,15 @@ def embedded_secrets(settings: Settings) -> dict[str, str]:
     """The environment of a ``ledger serve`` pointed at the data directory's own nats-server
     (``ledger demo``): the secrets the embedded setup keeps in DATA_DIR (generated the first
     time), unless the settings give them."""
+    from ledger.jetstream.signing import SigningKey
+
     env = {"LEDGER_PERSON_KEY_SECRET": person_key_secret(settings, embedded=True)}
     if settings.payload_encryption == "on" and not settings.cipher_key and settings.cipher_key_file is None:
         cipher_settings(settings, embedded=True)
         env["LEDGER_CIPHER_KEY_FILE"] = str((settings.data_dir / CIPHER_KEY_FILE).resolve())
+    if settings.signing_key_file is None:
+        SigningKey.local(settings.data_dir / DEV_SIGNING_KEY)
+        env["LEDGER_SIGNING_KEY_FILE"] = str((settings.data_dir / DEV_SIGNING_KEY).resolve())
     return env
 
 

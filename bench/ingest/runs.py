@@ -279,6 +279,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
+def signing_key(directory: Path) -> Path:
+    """``directory/signing-key.pem``, a signing key made for the run (serve requires one with a
+    server of its own: ``LEDGER_SIGNING_KEY_FILE``)."""
+    from ledger.jetstream.signing import SigningKey
+
+    path = directory / "signing-key.pem"
+    if not path.exists():
+        SigningKey.create(path)
+    return path
+
+
 def serve_command(url: str, batch: int, data_dir: Path) -> list[str]:
     entry = Path(sys.executable).with_name("ledger")
     base = [str(entry)] if entry.exists() else [sys.executable, "-m", "service.cli"]
@@ -298,8 +309,9 @@ def end_to_end(
     """``ledger serve`` consuming UPSTREAM while this process publishes every message."""
     serve_log = tmp / "serve.log"
     with nats_server(tmp / "nats-e2e", log, own) as server:
-        # Encrypted, as production's ledger serve is (an external server needs a key): a key of the run's own.
-        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": new_payload_key()}
+        # Encrypted and signed, as production's ledger serve is (an external server needs both keys): the run's own.
+        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": new_payload_key(),
+               "LEDGER_SIGNING_KEY_FILE": str(signing_key(tmp))}  # fmt: skip
         with child(serve_command(server.url, batch, tmp / "serve-data"), serve_log, env, own) as serve:
             try:
                 asyncio.run(wait_for_consumer(server.url, "UPSTREAM", SERVE_DURABLE, serve))

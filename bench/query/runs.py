@@ -35,7 +35,7 @@ import nats
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from bench.ingest.runs import _env, _tail, child, nats_server
+from bench.ingest.runs import _env, _tail, child, nats_server, signing_key
 from bench.query import population as pop
 from bench.query.load import cpu_seconds
 from ledger.application import Ledger
@@ -320,7 +320,7 @@ def measure(tmp: Path, people: int, rate: float, seconds: float, log: Log, own: 
         log(f"  {facts:,} facts, {events:,} events on LEDGER in {populate_s:.1f} s")
 
         serve_log = tmp / "serve.log"
-        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET, **key}
+        env = {**_env(), "LEDGER_PERSON_KEY_SECRET": SECRET, **key, "LEDGER_SIGNING_KEY_FILE": str(signing_key(tmp))}
         with child(serve_command(server.url, tmp / "serve-data"), serve_log, env, own) as serve:
             try:
                 canned = first_answer(server.url, PROJECT_SUBJECT, probe, serve)

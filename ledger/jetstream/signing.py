@@ -19,7 +19,8 @@ whole batch of decisions (hundreds of messages), and with pycryptodome a signatu
 70 µs to make and 170 µs to check where a message's digest costs under 1 µs (measured on the
 two-core development machine).
 
-The key is a file the ledger service reads (``LEDGER_SIGNING_KEY_FILE``); it is never published.
+The key is a file the ledger service reads (``LEDGER_SIGNING_KEY_FILE``), mode 0600 or 0400 (a
+file group or others can read is refused); it is never published.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.jetstream.client import OutgoingMessage, RawHeaders
+from ledger.secret_files import read_secret_file
 
 SIGNATURE = "Ledger-Signature"
 SIGNED = "Ledger-Signed"
@@ -104,10 +106,13 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
+        """The key in the PEM file ``path``, which group and others may not read: a key file they
+        can read is refused (``SecretFileExposed``, with the ``chmod`` to run), whoever made it —
+        whoever could read it could sign the ledger's history."""
         from Crypto.PublicKey import ECC
 
         try:
-            key = ECC.import_key(path.read_text())
+            key = ECC.import_key(read_secret_file(path, own=True, what="signing key"))
         except (ValueError, IndexError, TypeError) as e:
             raise ValueError(f"{path}: not an ed25519 private key in PEM ({e})") from None
         if key.curve != "Ed25519" or not key.has_private():

@@ -168,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--signing-key-file", type=Path, default=None, metavar="PEM",
         help="the ed25519 key signing every write and checkpoint (LEDGER_SIGNING_KEY_FILE; `ledger keys generate FILE`); "
-        "default DATA_DIR/signing-key.pem, created: development only",
+        "required with an external server (the same file for every serve, standbys included); "
+        "the embedded server: DATA_DIR/signing-key.pem, created",
     )  # fmt: skip
     serve.add_argument(
         "--payload-encryption", choices=("on", "off"), default=None,

@@ -126,6 +126,28 @@ async def rejections(url: str) -> list[Any]:
     return found
 
 
+_SIGNING_KEY: list[Path] = []
+
+
+def signing_key_for_tests() -> Path:
+    """The ledger's signing key for every ``ledger serve`` the tests start on a nats-server of
+    their own (``LEDGER_SIGNING_KEY_FILE``, which serve requires with an external server): one
+    key for the whole run, as every serve of a ledger — writer and standbys — shares one. Made
+    once per test process (mode 0600, in a directory of its own, removed at exit)."""
+    if not _SIGNING_KEY:
+        import atexit
+        import shutil
+        import tempfile
+
+        from ledger.jetstream.signing import SigningKey
+
+        directory = Path(tempfile.mkdtemp(prefix="ledger-tests-signing-"))
+        atexit.register(shutil.rmtree, directory, True)
+        SigningKey.create(directory / "signing-key.pem")
+        _SIGNING_KEY.append(directory / "signing-key.pem")
+    return _SIGNING_KEY[0]
+
+
 def payload_encryption(cipher_key: str | None) -> dict[str, str]:
     """The settings of a ledger serve or command here: encrypted with ``cipher_key``, or (None)
     encryption refused explicitly."""
@@ -187,7 +209,8 @@ def outcomes(url: str, cipher_key: str | None = None) -> Outcomes:
 class ServeProcess:
     """``ledger serve --nats-url URL`` in a child process, to be stopped or killed. It encrypts
     with ``cipher_key`` (the tests' key by default, as production encrypts), or — None — stores
-    payloads in clear, refused explicitly (for readers of the stored bytes: ``tests.trust.outcomes``)."""
+    payloads in clear, refused explicitly (for readers of the stored bytes: ``tests.trust.outcomes``).
+    It signs with the tests' signing key (``signing_key_for_tests``)."""
 
     def __init__(
         self, url: str, log_path: Path, batch_size: int = 200, data_dir: Path | None = None, cipher_key: str | None = CIPHER_KEY
@@ -202,7 +225,8 @@ class ServeProcess:
 
     def start(self) -> ServeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_CIPHER", "LEDGER_PAYLOAD"))}
-        env |= {"LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), **payload_encryption(self.cipher_key)}
+        env |= {"LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), **payload_encryption(self.cipher_key),
+                "LEDGER_SIGNING_KEY_FILE": str(signing_key_for_tests())}  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--nats-url", self.url, "--batch-size", str(self.batch_size),

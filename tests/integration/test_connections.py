@@ -14,7 +14,7 @@ from pathlib import Path
 from ledger.jetstream.server import EmbeddedNatsServer, free_port
 from service.bootstrap import running
 from service.settings import Settings
-from tests.integration.ingest_support import CIPHER_KEY, SECRET, ingestion_finished, publish_all, season, wait_for
+from tests.integration.ingest_support import CIPHER_KEY, SECRET, ingestion_finished, publish_all, season, signing_key_for_tests, wait_for
 
 
 def _connections(monitor: int) -> list[dict]:
@@ -33,7 +33,7 @@ def test_given_serve_ingesting_projecting_and_publishing_then_it_holds_two_conne
     with EmbeddedNatsServer(tmp_path / "nats", extra_config=f"http: 127.0.0.1:{monitor}") as server:
         settings = Settings.read(
             {"LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": CIPHER_KEY}, nats_url=server.url, data_dir=tmp_path / "data",
-            batch_size=50,
+            batch_size=50, signing_key_file=signing_key_for_tests(),
         )
         messages = season(40, "connections")
 

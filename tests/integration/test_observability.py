@@ -26,7 +26,7 @@ from ledger.jetstream.server import EmbeddedNatsServer
 from service.bootstrap import running
 from service.observability import FAMILIES, JsonFormatter, Observability, exported_names
 from service.settings import Settings
-from tests.integration.ingest_support import CIPHER_KEY, ROOT, SECRET, T0, people, wait_for
+from tests.integration.ingest_support import CIPHER_KEY, ROOT, SECRET, T0, people, signing_key_for_tests, wait_for
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -89,7 +89,8 @@ async def test_the_metrics_count_each_outcome_and_readiness_follows_the_nats_con
     naming the connection while /healthz still answers, and ready again once it is back."""
     server = EmbeddedNatsServer(tmp_path / "nats").start()
     settings = Settings.read(
-        {}, nats_url=server.url, data_dir=tmp_path / "data", person_key_secret=SECRET, cipher_key=CIPHER_KEY, metrics_address="127.0.0.1:0"
+        {}, nats_url=server.url, data_dir=tmp_path / "data", person_key_secret=SECRET, cipher_key=CIPHER_KEY,
+        signing_key_file=signing_key_for_tests(), metrics_address="127.0.0.1:0",
     )
     try:
         async with running(settings) as service:
@@ -181,9 +182,9 @@ async def test_readiness_waits_for_every_part_and_a_standby_needs_a_known_writer
     server = EmbeddedNatsServer(tmp_path / "nats").start()
     try:
         first = Settings.read({}, nats_url=server.url, data_dir=tmp_path / "first", person_key_secret=SECRET, cipher_key=CIPHER_KEY,
-                              lease_seconds=2.0)  # fmt: skip
+                              signing_key_file=signing_key_for_tests(), lease_seconds=2.0)  # fmt: skip
         second = Settings.read({}, nats_url=server.url, data_dir=tmp_path / "second", person_key_secret=SECRET, cipher_key=CIPHER_KEY,
-                               lease_seconds=2.0, metrics_address="127.0.0.1:0")  # fmt: skip
+                               signing_key_file=signing_key_for_tests(), lease_seconds=2.0, metrics_address="127.0.0.1:0")  # fmt: skip
         async with running(first) as writer:
             assert writer.observability is None  # off unless an address is given
             await until(lambda: _true(writer.ingestion.writing), "the first serve to write")
@@ -287,7 +288,7 @@ class Serve:
         self.stderr = where.with_suffix(".log")
         self.data_dir = where
         env = {**os.environ, "LEDGER_PERSON_KEY_SECRET": SECRET, "LEDGER_CIPHER_KEY": CIPHER_KEY, "PYTHONPATH": str(ROOT),
-               "LEDGER_LOG_FORMAT": "json"}  # fmt: skip
+               "LEDGER_LOG_FORMAT": "json", "LEDGER_SIGNING_KEY_FILE": str(signing_key_for_tests())}  # fmt: skip
         with open(self.stderr, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--nats-url", url, "--data-dir", str(where),

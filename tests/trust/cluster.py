@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.jetstream.server import EmbeddedNatsServer, free_port
-from tests.integration.ingest_support import ROOT, SECRET, payload_encryption, recorded_facts, rejections
+from tests.integration.ingest_support import ROOT, SECRET, payload_encryption, recorded_facts, rejections, signing_key_for_tests
 
 HOST = "127.0.0.1"
 
@@ -669,9 +669,11 @@ def views_caught_up(views: Path, ledger_seq: int, rejected_seq: int) -> bool:
 
 def serve_env() -> dict[str, str]:
     """The environment of the ledger's commands in these tests: payload encryption refused
-    explicitly, since the outcomes are counted from the stored bytes (``tests.trust.outcomes``)."""
+    explicitly, since the outcomes are counted from the stored bytes (``tests.trust.outcomes``);
+    the tests' signing key, which every serve of a ledger shares."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_CIPHER", "LEDGER_PAYLOAD"))}
-    return {**env, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), **payload_encryption(None)}
+    return {**env, "LEDGER_PERSON_KEY_SECRET": SECRET, "PYTHONPATH": str(ROOT), **payload_encryption(None),
+            "LEDGER_SIGNING_KEY_FILE": str(signing_key_for_tests())}  # fmt: skip
 
 
 def replay_command(url: str, tmp_path: Path, name: str, data_dir: Path | None = None) -> list[str]:

@@ -49,7 +49,7 @@ from consumers.streams import wait_for_rejected
 from ledger.domain.policy import DEFAULT_POLICY, load_policy
 from ledger.jetstream.server import EmbeddedNatsServer
 from simulation.season import Season, simulate
-from tests.integration.ingest_support import ingestion_finished, wait_for
+from tests.integration.ingest_support import ingestion_finished, signing_key_for_tests, wait_for
 from tests.trust.cluster import last_event_seq
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +136,7 @@ def run_season(directory: Path, *, cipher_key_file: Path | None = None, embedded
     if not embedded:
         server = EmbeddedNatsServer(directory / "nats").start()
         command += ["--nats-url", server.url]
+        env["LEDGER_SIGNING_KEY_FILE"] = str(signing_key_for_tests())  # required with an external server
         if cipher_key_file is not None:
             command += ["--cipher-key-file", str(cipher_key_file)]
             env["LEDGER_CIPHER_KEY_FILE"] = str(cipher_key_file)  # for the other commands

@@ -11,6 +11,9 @@ keeps are 0600, and payload encryption is on unless refused in so many words.
   (``tests/trust/test_personal_data.py`` searches a whole season's messages for personal data).
 - An external server without a payload key is refused at once, in one line; a ledger written in
   clear is not silently given a new key.
+- An external server without a signing key file is refused in one line (a standby would
+  otherwise make a key of its own); a signing key file others can read is refused; the deploy
+  templates hand serve its signing key and pinned public key (systemd credentials, compose secrets).
 - A data directory an earlier version left open (0755, its views 0644) is closed when serve
   starts; a token in ``NATS_URL`` is shown as ``***``, like a password.
 """
@@ -21,6 +24,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
 import signal
 import sqlite3
@@ -35,6 +39,7 @@ import nats
 import pytest
 
 from ledger.jetstream.server import EmbeddedNatsServer
+from ledger.jetstream.signing import SigningKey
 from tests.integration.ingest_support import ROOT, SECRET, ingestion_finished, publish_all, season, wait_for
 
 PASSWORD = "pw-" + secrets.token_hex(12)
@@ -109,8 +114,10 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     key_file = directory / "cipher.key"
     key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
     key_file.chmod(0o600)
+    SigningKey.create(directory / "signing-key.pem")  # outside DATA_DIR, as an operator keeps it
     run = Guarded(server, directory / "data", key_file, directory / "serve.log")
-    env = clean_env(LEDGER_PERSON_KEY_SECRET=SECRET, LEDGER_CIPHER_KEY_FILE=str(key_file))
+    env = clean_env(LEDGER_PERSON_KEY_SECRET=SECRET, LEDGER_CIPHER_KEY_FILE=str(key_file),
+                    LEDGER_SIGNING_KEY_FILE=str(directory / "signing-key.pem"))  # fmt: skip
     serve = start_serve(["--nats-url", run.with_password, "--data-dir", str(run.data_dir)], env, run.log)
     try:
         wait_for(lambda: (run.data_dir / "serve.url").exists() or serve.poll() is not None, 60, "ledger serve")
@@ -128,7 +135,7 @@ def test_serve_url_names_the_server_without_its_credentials(guarded: Guarded) ->
     # Then serve.url holds the server's address, and no file serve writes holds the password
     assert (guarded.data_dir / "serve.url").read_text() == guarded.address
     files = [p for p in guarded.data_dir.rglob("*") if p.is_file()]
-    assert len(files) >= 4, files  # serve.url, serve.lock, the views, the signing key
+    assert len(files) >= 3, files  # serve.url, serve.lock, the views (the keys are outside)
     assert [p.name for p in files if PASSWORD.encode() in p.read_bytes()] == []
     # And its log shows the user, never the password; and the payload key's file, never the key
     log = guarded.log.read_text()
@@ -248,6 +255,54 @@ def test_an_external_server_without_a_payload_key_is_refused_in_one_line(tmp_pat
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "payload encryption is required" in refused.stderr and "LEDGER_PAYLOAD_ENCRYPTION=off" in refused.stderr
     assert not (tmp_path / "cipher.key").exists()
+
+
+def test_an_external_server_without_a_signing_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    # Given an external server, the payload key, and no signing key
+    data = tmp_path / "data"
+    refused = ledger(
+        "serve", "--nats-url", "nats://ledger:pw@127.0.0.1:1", "--data-dir", str(data),
+        env=clean_env(LEDGER_PERSON_KEY_SECRET=SECRET, LEDGER_CIPHER_KEY=base64.b64encode(os.urandom(32)).decode()),
+    )  # fmt: skip
+    # Then serve refuses at once, in one line, and makes no key of its own (a standby on another
+    # host would make another: the ledger's history signed by two keys, verify failing after a failover)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "a signing key is required with an external NATS server" in refused.stderr and "LEDGER_SIGNING_KEY_FILE" in refused.stderr
+    assert not data.exists()
+
+
+def test_a_signing_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    # Given the operator's signing key file, readable by others (0644)
+    key = tmp_path / "signing-key.pem"
+    SigningKey.create(key)
+    key.chmod(0o644)
+    env = clean_env(LEDGER_PERSON_KEY_SECRET=SECRET, LEDGER_CIPHER_KEY=base64.b64encode(os.urandom(32)).decode(),
+                    LEDGER_SIGNING_KEY_FILE=str(key))  # fmt: skip
+    # When serve starts with it
+    refused = ledger("serve", "--nats-url", "nats://ledger:pw@127.0.0.1:1", "--data-dir", str(tmp_path / "data"), env=env)
+    # Then it is refused in one line saying how to put it right
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f"signing key file {key} is readable by others (mode 0644): `chmod 600 {key}`" in refused.stderr
+    # And as systemd hands a credential over (0400, the service's user's), it is taken
+    key.chmod(0o400)
+    assert SigningKey.load(key).key_id
+
+
+def test_the_deploy_templates_give_every_serve_the_signing_key() -> None:
+    """Given deploy/ (systemd unit and environment, compose), then serve gets LEDGER_SIGNING_KEY_FILE
+    and LEDGER_TRUST_KEY_FILE from files only it can read: systemd credentials (a root-owned 0600
+    file in /etc/ledger is unreadable to User=ledger), compose secrets."""
+    deploy = ROOT / "deploy"
+    unit = (deploy / "systemd" / "ledger.service").read_text()
+    assert "LoadCredential=signing-key.pem:/etc/ledger/signing-key.pem" in unit, unit
+    assert "Environment=LEDGER_SIGNING_KEY_FILE=%d/signing-key.pem" in unit, unit
+    assert "LoadCredential=ledger-public-key.pem:/etc/ledger/ledger-public-key.pem" in unit, unit
+    assert "Environment=LEDGER_TRUST_KEY_FILE=%d/ledger-public-key.pem" in unit, unit
+    env_example = (deploy / "systemd" / "ledger.env.example").read_text()
+    assert "LEDGER_SIGNING_KEY_FILE" in env_example and "same" in env_example
+    compose = (deploy / "compose.yaml").read_text()
+    assert "LEDGER_SIGNING_KEY_FILE: /run/secrets/signing_key" in compose and "LEDGER_TRUST_KEY_FILE: /run/secrets/ledger_public_key" in compose
+    assert re.search(r"(?m)^  signing_key:\n    file: .*/signing-key\.pem$", compose), compose
 
 
 def test_a_ledger_written_in_clear_is_not_given_a_new_key(tmp_path: Path) -> None:

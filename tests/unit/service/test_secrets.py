@@ -165,9 +165,11 @@ def test_given_the_demo_then_serve_gets_the_data_directorys_secrets_and_the_off_
     on = embedded_secrets(Settings.read({}, data_dir=tmp_path / "on"))
     assert on["LEDGER_CIPHER_KEY_FILE"] == str((tmp_path / "on" / CIPHER_KEY_FILE).resolve())
     assert mode(tmp_path / "on" / CIPHER_KEY_FILE) == 0o600 and mode(tmp_path / "on" / "person-key.secret") == 0o600
+    assert on["LEDGER_SIGNING_KEY_FILE"] == str((tmp_path / "on" / "signing-key.pem").resolve())
+    assert mode(tmp_path / "on" / "signing-key.pem") == 0o600  # serve, pointed at the demo's server, requires one
     (tmp_path / "off").mkdir()
     off = embedded_secrets(Settings.read({"LEDGER_PAYLOAD_ENCRYPTION": "off"}, data_dir=tmp_path / "off"))
-    assert set(off) == {"LEDGER_PERSON_KEY_SECRET"} and not (tmp_path / "off" / CIPHER_KEY_FILE).exists()
+    assert set(off) == {"LEDGER_PERSON_KEY_SECRET", "LEDGER_SIGNING_KEY_FILE"} and not (tmp_path / "off" / CIPHER_KEY_FILE).exists()
 
 
 # ---- serve.url -------------------------------------------------------------------------------------
