@@ -191,20 +191,19 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
 
 
 def private_data_dir(data_dir: Path) -> None:
-    """Make DATA_DIR its owner's alone: the directory 0700, and each file directly in it that
-    group or others may read (the views' SQLite database of an earlier version: 0644) 0600.
-    ``serve`` creates DATA_DIR 0700; one an earlier version made (0755) is tightened here at
-    start, said in one warning line; one ``serve`` may not change (another owner's) is refused,
-    with the command to run."""
+    """Make DATA_DIR its owner's alone. ``serve`` creates it 0700; one an earlier version made
+    (0755) is tightened here at start — the directory 0700, and each file directly in it that
+    group or others may read (its views' SQLite database: 0644) 0600 — said in one warning line;
+    one ``serve`` may not change (another owner's) is refused, with the command to run. Files in
+    a directory that is already 0700 are left as they are: nobody else can reach them."""
     import stat
 
     mode = stat.S_IMODE(data_dir.stat().st_mode)
-    loose = [p for p in sorted(data_dir.iterdir()) if p.is_file() and not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & 0o077]
-    if not mode & 0o077 and not loose:
+    if not mode & 0o077:
         return
+    loose = [p for p in sorted(data_dir.iterdir()) if p.is_file() and not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & 0o077]
     try:
-        if mode & 0o077:
-            data_dir.chmod(mode & 0o700)
+        data_dir.chmod(mode & 0o700)
         for path in loose:
             path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
     except PermissionError:

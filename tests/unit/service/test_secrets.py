@@ -233,3 +233,17 @@ def test_given_a_private_data_directory_then_nothing_is_changed_or_said(tmp_path
     with caplog.at_level(logging.WARNING, logger="ledger"):
         private_data_dir(data)
     assert mode(data) == 0o700 and caplog.records == []
+
+
+def test_given_serve_restarted_on_its_own_data_directory_then_nothing_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a 0700 DATA_DIR holding the files serve wrote at umask 022 (views.sqlite, serve.url: 0644)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "views.sqlite").touch(mode=0o644)
+    (data / "views.sqlite").chmod(0o644)
+    # Then a restart changes nothing and warns of nothing: nobody else can reach them
+    with caplog.at_level(logging.WARNING, logger="ledger"):
+        private_data_dir(data)
+    assert mode(data) == 0o700 and mode(data / "views.sqlite") == 0o644 and caplog.records == []
