@@ -142,11 +142,12 @@ def _alive(pid: int) -> bool:
 
 
 def test_ctrl_c_stops_the_demo_and_its_children_and_marks_it_interrupted(tmp_path: Path) -> None:
-    # Given a demo that has started its nats-server and ledger serve and is publishing
+    # Given a demo that has started its nats-server and ledger serve and is publishing (4,000
+    # residents: some seconds of work left when the signal comes; 300 could all be done by then)
     data_dir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "LEDGER_PERSON_KEY_SECRET", "LEDGER_VIEWS")}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "demo", "--people", "300", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "service.cli", "demo", "--people", "4000", "--data-dir", str(data_dir)],
         cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

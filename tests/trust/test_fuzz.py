@@ -57,6 +57,7 @@ from hypothesis import strategies as st
 
 from consumers.app import IngestService, IngestSettings
 from consumers.ingest import Delivery, Ingestor, Verdict
+from consumers.streams import IntakeLimits
 from contract.coverage import CoverageRequest
 from contract.messages import SCHEMAS
 from ledger.application import Actor, Ledger
@@ -766,6 +767,9 @@ class Running:
     nc: Any
 
 
+FUZZ_INTAKE = IntakeLimits(max_msg_size=8 * 1024 * 1024)
+
+
 async def running(url: str, body: Callable[[Running], Any]) -> Any:
     """The ingestion and the coverage.query responder, in this process, on a real server."""
     ledger = await asyncio.to_thread(
@@ -775,7 +779,10 @@ async def running(url: str, body: Callable[[Running], Any]) -> Any:
         async with (
             connected_broker(url) as (broker, _),
             answering(ledger, broker) as queries,
-            ingesting(ledger, broker, IngestSettings(batch_size=100, ack_wait=2.0)) as ingest,
+            # Intakes that take what the server takes (8 MB): the cases near the server's limit
+            # are there to try the ledger's rejections, not the intakes' size limit (1 MiB by
+            # default, tests/integration/test_intake_streams.py).
+            ingesting(ledger, broker, IngestSettings(batch_size=100, ack_wait=2.0, intake_limits=FUZZ_INTAKE)) as ingest,
         ):
             nc = await nats.connect(url)
             try:
@@ -819,7 +826,8 @@ def test_a_real_service_rejects_every_hostile_message_once_records_nothing_and_l
         js = run.nc.jetstream()
         for i, case in enumerate(cases):
             headers = {**case.headers, "Nats-Msg-Id": f"fuzz-{i}"}
-            ack = await js.publish(case.subject, case.body, headers=headers, stream="UPSTREAM")
+            # on a server without accounts: the unattributed intake, copied into UPSTREAM in order
+            ack = await js.publish(case.subject, case.body, headers=headers, stream="UPSTREAM_UNATTRIBUTED")
             assert ack.seq == i + 1 and not ack.duplicate
             REAL_CASES[case.subject] += 1
         await _ingested(run, len(cases))
