@@ -32,7 +32,7 @@ from contract.subjects import (
     intake_subjects,
     sender_rejected_stream,
 )
-from ledger.jetstream.datastore import StreamSpec
+from ledger.jetstream.datastore import StreamSettingsError, StreamSpec
 from ledger.senders import SENDERS
 
 
@@ -98,7 +98,13 @@ async def ensure_ingest_streams(api: Any, replicas: int = 1, limits: IntakeLimit
     upstream = upstream_spec(replicas)
     info = await api(f"$JS.API.STREAM.INFO.{upstream.name}")
     if "error" not in info and info["config"].get("subjects"):
-        await upstream.ensure(api)  # the older layout: UPSTREAM gives up upstream.> to the intakes
+        # The older layout: UPSTREAM gives up upstream.> (and its duplicate window) first, so that
+        # the intakes can take those subjects; it gains the intakes as sources once they exist
+        # (a source missing when it is added is retried only after a back-off of seconds).
+        given_up = {**info["config"], "subjects": [], "duplicate_window": 0}
+        reply = await api(f"$JS.API.STREAM.UPDATE.{upstream.name}", given_up)
+        if "error" in reply:
+            raise StreamSettingsError(f"stream {upstream.name} could not be upgraded: {reply['error'].get('description')}")
     for spec in ingest_specs(replicas, limits):
         await spec.ensure(api)
 
