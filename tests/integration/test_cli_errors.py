@@ -149,6 +149,9 @@ def test_ctrl_c_stops_the_demo_and_its_children_and_marks_it_interrupted(tmp_pat
     demo = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "demo", "--people", "4000", "--data-dir", str(data_dir)],
         cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test run started in the background (`make test &`) ignores SIGINT,
+        # and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         said = []
