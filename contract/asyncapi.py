@@ -197,7 +197,7 @@ def asyncapi_document() -> dict[str, Any]:
         "title": f"KV bucket {COVERAGE_BUCKET}",
         "description": (
             f"The KV bucket {COVERAGE_BUCKET} (stream KV_{COVERAGE_BUCKET}), key = the person key: "
-            "get the latest value or watch the bucket; each change is put once, in ledger order."
+            "get the latest value, or follow it by subscribing to $KV.coverage.> (downstream accounts create no consumers); each change is put once, in ledger order."
         ),
         "parameters": {
             "person_key": {"description": "The person key: a keyed hash of the ID number (never the ID number)."}
