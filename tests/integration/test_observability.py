@@ -124,6 +124,9 @@ async def test_the_metrics_count_each_outcome_and_readiness_follows_the_nats_con
                     and value(scraped, "ledger_upstream_last_seq") == 3
                     and value(scraped, "ledger_ingest_lag_messages") == 0
                     and value(scraped, "ledger_rejected_lag_messages") == 0
+                    # the stream gauges are refreshed every refresh_interval, the counters at once:
+                    # wait until they have seen the rejection too (and REJECTED its copy)
+                    and value(scraped, "ledger_rejections_recorded") == value(scraped, "ledger_rejected_messages") == 1
                     and value(scraped, "ledger_views_lag_messages", stream="LEDGER") == 0
                 )
 
