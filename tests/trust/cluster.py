@@ -441,10 +441,14 @@ async def _digest(url: str, stream: str, node: str) -> StreamCopy:
 
 class LedgerServe:
     """``ledger serve`` in a child process (like ``ServeProcess``), with extra options, to be
-    killed (SIGKILL) or stopped (SIGTERM). ``started`` counts the processes started."""
+    killed (SIGKILL) or stopped (SIGTERM). ``started`` counts the processes started; ``settings``
+    are environment variables of its own (``LEDGER_…``), over ``serve_env()``'s."""
 
-    def __init__(self, url: str, data_dir: Path, log_path: Path, *extra: str, batch_size: int = 200) -> None:
+    def __init__(
+        self, url: str, data_dir: Path, log_path: Path, *extra: str, batch_size: int = 200, settings: dict[str, str] | None = None
+    ) -> None:
         self.url = url
+        self.settings = settings or {}
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra = extra
@@ -453,7 +457,7 @@ class LedgerServe:
         self.started = 0
 
     def start(self) -> LedgerServe:
-        env = serve_env()
+        env = {**serve_env(), **self.settings}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--nats-url", self.url, "--batch-size",

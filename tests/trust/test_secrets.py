@@ -189,11 +189,7 @@ def test_the_embedded_setup_keeps_its_secrets_0600_and_encrypts_by_default(tmp_p
     data = tmp_path / "data"
     serve = start_serve(["--data-dir", str(data)], clean_env(), tmp_path / "serve.log")
     try:
-        wait_for(lambda: (data / "serve.url").exists() or serve.poll() is not None, 60, "ledger serve")
-        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        url = (data / "serve.url").read_text()
-        asyncio.run(publish_all(url, PAID))
-        wait_for(lambda: ingestion_finished(url, len(PAID)), 60, "the ingestion")
+        url = _paid_season_ingested(serve, data, tmp_path / "serve.log")
         events = asyncio.run(_event_bodies(url))
     finally:
         assert stop(serve) == 0, (tmp_path / "serve.log").read_text()[-3000:]
@@ -310,11 +306,7 @@ def test_a_ledger_written_in_clear_is_not_given_a_new_key(tmp_path: Path) -> Non
     data = tmp_path / "data"
     serve = start_serve(["--data-dir", str(data), "--payload-encryption", "off"], clean_env(), tmp_path / "serve.log")
     try:
-        wait_for(lambda: (data / "serve.url").exists() or serve.poll() is not None, 60, "ledger serve")
-        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        url = (data / "serve.url").read_text()
-        asyncio.run(publish_all(url, PAID))
-        wait_for(lambda: ingestion_finished(url, len(PAID)), 60, "the ingestion")
+        _paid_season_ingested(serve, data, tmp_path / "serve.log")
     finally:
         assert stop(serve) == 0
     assert not (data / "cipher.key").exists()
@@ -330,3 +322,13 @@ def test_a_ledger_written_in_clear_is_not_given_a_new_key(tmp_path: Path) -> Non
     coverage = ledger("coverage", paid, "--date", "2022-06-01", "--data-dir", str(data), "--format", "json",
                       env=clean_env(LEDGER_PAYLOAD_ENCRYPTION="off"))  # fmt: skip
     assert coverage.returncode == 0 and json.loads(coverage.stdout)["status"] == "enrolled", coverage.stderr[-2000:]
+
+
+def _paid_season_ingested(serve: subprocess.Popen[bytes], data: Path, log: Path) -> str:
+    """Once ``serve`` (on ``data``'s embedded server) is up: PAID published and ingested; the URL."""
+    wait_for(lambda: (data / "serve.url").exists() or serve.poll() is not None, 60, "ledger serve")
+    assert serve.poll() is None, log.read_text()[-3000:]
+    url = (data / "serve.url").read_text()
+    asyncio.run(publish_all(url, PAID))
+    wait_for(lambda: ingestion_finished(url, len(PAID)), 60, "the ingestion")
+    return url

@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import msgspec
 import nats
@@ -88,23 +87,10 @@ def extras() -> list[Message]:
     return messages
 
 
-class ConfiguredServe(LedgerServe):
-    """``LedgerServe`` (payload encryption off) with settings of its own in its environment."""
-
-    def __init__(self, *args: Any, settings: dict[str, str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings = settings
-
-    def start(self) -> ConfiguredServe:
-        with mock.patch.dict(os.environ, self.settings):
-            super().start()
-        return self
-
-
 @dataclass
 class Deployed:
     server: DeployServer
-    serve: ConfiguredServe
+    serve: LedgerServe
     season: list[Message]
     acks: list[tuple[Message, Any]] = field(default_factory=list)
     """Each season message and the PubAck its sender got."""
@@ -153,7 +139,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     directory = tmp_path_factory.mktemp("senders")
     server = start_deploy_server(directory, admin=True)
     try:
-        serve = ConfiguredServe(server.url("ledger"), directory / "data", directory / "serve.log", batch_size=100,
+        serve = LedgerServe(server.url("ledger"), directory / "data", directory / "serve.log", batch_size=100,
                                 settings=SERVE_SETTINGS).start()  # fmt: skip
         server.serve = serve  # type: ignore[assignment]  # stopped by stop_deploy_server
         wait_for(lambda: (directory / "data" / "serve.url").exists() or not serve.alive, 60, "ledger serve as the ledger user")
